@@ -1,0 +1,147 @@
+"""The Account: the one owner of the bouncer's state, and the executor of routing.
+
+Socket read loops and the upstream link turn input into calls here; the
+Router decides, and this class carries its actions out (sockets, the upstream
+link, SQLite). Everything runs on the one event loop, so no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from lxml import etree
+
+from bouncer import jid, ns, stanza
+from bouncer.router import CloseSession, Deliver, FlushStored, Router, Store, ToUpstream
+from bouncer.storage.offline import OfflineStore
+from bouncer.upstream import UpstreamDown, UpstreamEstablished, UpstreamEvent, UpstreamStanza
+
+if TYPE_CHECKING:
+    from bouncer.c2s.connection import Connection
+
+log = structlog.get_logger("bouncer.account")
+
+_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+class Upstream(Protocol):
+    def send(self, element: etree._Element) -> bool: ...
+
+
+class Account:
+    def __init__(self, router: Router, offline: OfflineStore) -> None:
+        self.router = router
+        self.offline = offline
+        self.upstream: Upstream | None = None
+        self.connections: dict[str, Connection] = {}  # bound sessions by resource
+        self._clock = time.monotonic
+        # Stored ids written to a session's queue but not yet to its socket: not
+        # handed to another session meanwhile, and back in play if this one dies.
+        self._flushing: dict[Connection, list[int]] = {}
+
+    @property
+    def domain(self) -> str:
+        return jid.domain(self.router.account)
+
+    # ---- downstream ----------------------------------------------------------
+    def bind(self, conn: Connection, requested: str | None) -> None:
+        session, actions = self.router.bind(requested)
+        conn.resource, conn.token = session.resource, session.token
+        conn.stream.bind(session.resource)
+        self._run(actions)
+        self.connections[session.resource] = conn
+        log.info("session bound", session=session.resource, client=conn.address, sessions=len(self.connections))
+
+    def from_session(self, conn: Connection, el: etree._Element) -> None:
+        if conn.resource is None or self.connections.get(conn.resource) is not conn:
+            return
+        self._run(self.router.from_session(conn.resource, el, self._clock()))
+
+    def nonza(self, conn: Connection, el: etree._Element) -> None:
+        """CSI and other nonzas: accepted and ignored until their features exist."""
+        if el.tag not in (ns.q(ns.CSI, "active"), ns.q(ns.CSI, "inactive")):
+            conn.stream_error("unsupported-stanza-type", f"unexpected {el.tag}")
+
+    def connection_closed(self, conn: Connection) -> None:
+        self._flushing.pop(conn, None)
+        if conn.resource is None or conn.token is None:
+            return
+        if self.connections.get(conn.resource) is conn:
+            del self.connections[conn.resource]
+            log.info("session closed", session=conn.resource, sessions=len(self.connections))
+        self._run(self.router.session_gone(conn.resource, conn.token))
+
+    # ---- upstream ------------------------------------------------------------
+    def on_upstream(self, event: UpstreamEvent) -> None:
+        match event:
+            case UpstreamStanza(element):
+                self._run(self.router.from_upstream(element))
+            case UpstreamEstablished(full_jid, resumed):
+                log.info("upstream established", jid=full_jid, resumed=resumed)
+                self._run(self.router.upstream_established(full_jid, resumed))
+            case UpstreamDown(reason):
+                log.warning("upstream down", reason=reason)
+                self.router.upstream_down()
+
+    async def tick(self, interval: float = 1.0) -> None:
+        """Time-driven work (IQ timeouts), so the Router needs no clock of its own."""
+        while True:
+            await asyncio.sleep(interval)
+            self._run(self.router.expire(self._clock()))
+
+    def shutdown(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.stream_error("system-shutdown")
+
+    # ---- executing the Router's decisions --------------------------------------
+    def _run(self, actions: list) -> None:
+        for action in actions:
+            match action:
+                case Deliver(resources, element):
+                    self._deliver(resources, element)
+                case ToUpstream(element):
+                    if self.upstream is None or not self.upstream.send(element):
+                        self.router.queue.append(element)
+                case Store(element):
+                    self.offline.add(stanza.serialize(element), time.time())
+                case FlushStored(resource):
+                    self._flush_stored(resource)
+                case CloseSession(resource, token, condition):
+                    conn = self.connections.get(resource)
+                    if conn is not None and conn.token == token:
+                        del self.connections[resource]
+                        conn.stream_error(condition)
+
+    def _deliver(self, resources: tuple[str, ...], el: etree._Element) -> None:
+        to = el.get("to")
+        readdress = to is not None and jid.resource(to) is not None and jid.same_bare(to, self.router.account)
+        for resource in resources:
+            conn = self.connections.get(resource)
+            if conn is None:
+                continue
+            if readdress:
+                el.set("to", conn.jid or "")
+            conn.send_stanza(el)
+
+    def _flush_stored(self, resource: str) -> None:
+        conn = self.connections.get(resource)
+        busy = {i for ids in self._flushing.values() for i in ids}
+        stored = [item for item in self.offline.pending() if item.id not in busy]
+        if conn is None or not stored:
+            return
+        for item in stored:
+            el = etree.fromstring(item.stanza, _SAFE_PARSER)
+            stanza.add_delay(el, item.received, self.domain)
+            self._deliver((resource,), el)
+        ids = [item.id for item in stored]
+        self._flushing.setdefault(conn, []).extend(ids)
+
+        def delivered() -> None:
+            self.offline.delete(ids)
+            self._flushing.pop(conn, None)
+
+        conn.after_flush(delivered)
+        log.info("delivered stored stanzas", session=resource, count=len(ids))

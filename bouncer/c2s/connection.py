@@ -1,0 +1,181 @@
+"""The asyncio edge of one downstream connection: socket <-> sans-IO stream core.
+
+One reader loop feeds bytes to the ServerStream and hands its events to the
+Account; one writer task per connection drains a bounded queue (soju's
+``conn.go``), so a slow phone never stalls the fan-out to the others, and a
+session past its cap is closed instead of growing without bound (SPEC §11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from lxml import etree
+
+from bouncer.c2s import stream as core
+from bouncer.c2s.throttle import LoginThrottle
+
+if TYPE_CHECKING:
+    from bouncer.account import Account
+
+log = structlog.get_logger("bouncer.c2s")
+
+READ_SIZE = 65536
+_CLOSE = object()
+
+
+class Connection:
+    """A downstream client connection; once bound, a session of the account."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stream: core.ServerStream,
+        account: Account,
+        *,
+        tls_context: Callable[[], ssl.SSLContext] | None,
+        throttle: LoginThrottle,
+        queue_cap: int,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.stream = stream
+        self._account = account
+        self._tls_context = tls_context
+        self._throttle = throttle
+        self._queue: asyncio.Queue[bytes | Callable[[], None] | object] = asyncio.Queue()
+        self._cap = queue_cap
+        peer = writer.get_extra_info("peername")
+        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.resource: str | None = None
+        self.token: int | None = None
+        self.since = time.time()
+        self.log = log.bind(client=self.address)
+
+    @property
+    def jid(self) -> str | None:
+        return self.stream.jid
+
+    # ---- output (called by the Account) -------------------------------------
+    def send_stanza(self, el: etree._Element) -> None:
+        self.stream.send_stanza(el)
+        self._flush()
+
+    def after_flush(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything queued so far reached the socket."""
+        self._enqueue(callback)
+
+    def stream_error(self, condition: str, text: str | None = None) -> None:
+        self.stream.stream_error(condition, text)
+        self._flush()
+        self._enqueue(_CLOSE)
+
+    def _flush(self) -> None:
+        data = self.stream.data_to_send()
+        if data:
+            self._enqueue(data)
+
+    def _enqueue(self, item: bytes | Callable[[], None] | object) -> None:
+        if self._queue.qsize() >= self._cap and item is not _CLOSE:
+            self.log.warning("session queue full, closing", queued=self._queue.qsize())
+            self._writer.transport.abort()
+            return
+        self._queue.put_nowait(item)
+
+    # ---- lifetime ------------------------------------------------------------
+    async def run(self) -> None:
+        writer_task = asyncio.create_task(self._write_loop())
+        try:
+            await self._read_loop()
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            self.log.info("connection lost", error=str(exc))
+        finally:
+            self._account.connection_closed(self)
+            self._enqueue(_CLOSE)
+            try:
+                await asyncio.wait_for(writer_task, 5)
+            except (asyncio.TimeoutError, ConnectionError, OSError):
+                writer_task.cancel()
+                self._writer.transport.abort()
+
+    async def _read_loop(self) -> None:
+        while True:
+            data = await self._reader.read(READ_SIZE)
+            events = self.stream.receive_data(data) if data else self.stream.connection_lost()
+            for event in events:
+                if await self._handle(event):
+                    return
+            self._flush()
+            if not data:
+                return
+
+    async def _handle(self, event: core.Event) -> bool:
+        """Act on one event; True when the connection is over."""
+        match event:
+            case core.StartTls():
+                await self._start_tls()
+            case core.AuthSucceeded(username):
+                self._throttle.succeeded(self._host())
+                self.log.info("authenticated", user=username)
+            case core.AuthFailed(username, reason):
+                delay = self._throttle.failed(self._host(), time.monotonic())
+                self.log.warning("authentication failed", user=username, reason=reason, delay=delay)
+                await asyncio.sleep(delay)
+            case core.BindRequested(requested):
+                self._account.bind(self, requested)
+                self.log = self.log.bind(session=self.resource)
+            case core.StanzaReceived(element):
+                self._account.from_session(self, element)
+            case core.NonzaReceived(element):
+                self._account.nonza(self, element)
+            case core.Closed(error):
+                if error:
+                    self.log.info("stream error sent", condition=error)
+                self._flush()
+                return True
+        return False
+
+    async def _start_tls(self) -> None:
+        assert self._tls_context is not None
+        self._flush()
+        await self._queue.join()  # <proceed/> must reach the client in clear text
+        await self._writer.drain()
+        await self._writer.start_tls(self._tls_context())
+        self.stream.tls_started()
+
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if item is _CLOSE:
+                    await self._close_transport()
+                    return
+                if callable(item):
+                    await self._writer.drain()
+                    item()
+                else:
+                    self._writer.write(item)  # type: ignore[arg-type]
+                    if self._queue.empty():
+                        await self._writer.drain()
+            finally:
+                self._queue.task_done()
+
+    async def _close_transport(self) -> None:
+        try:
+            data = self.stream.data_to_send()
+            if data:
+                self._writer.write(data)
+            await self._writer.drain()
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), 2)
+        except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
+            self._writer.transport.abort()
+
+    def _host(self) -> str:
+        return self.address.rsplit(":", 1)[0]

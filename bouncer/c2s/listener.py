@@ -1,0 +1,62 @@
+"""Listening sockets for downstream clients: STARTTLS port and optional direct TLS port."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from bouncer.c2s.connection import Connection
+from bouncer.c2s.stream import ServerStream, StreamSettings
+from bouncer.c2s.throttle import LoginThrottle
+
+log = structlog.get_logger("bouncer.c2s")
+
+
+@dataclass
+class Listener:
+    settings: StreamSettings
+    account: object  # bouncer.account.Account
+    tls_context: Callable[[], ssl.SSLContext] | None
+    queue_cap: int
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    servers: list[asyncio.base_events.Server] = field(default_factory=list)
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    async def listen(self, address: str, port: int, *, direct_tls: bool = False) -> int:
+        """Start accepting; returns the bound port (useful with port 0 in tests)."""
+        ssl_ctx = self.tls_context() if direct_tls and self.tls_context else None
+        server = await asyncio.start_server(
+            lambda r, w: self._accept(r, w, direct_tls), address, port, ssl=ssl_ctx, limit=2**20
+        )
+        self.servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        log.info("listening", address=address, port=bound, direct_tls=direct_tls)
+        return bound
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direct_tls: bool) -> None:
+        conn = Connection(
+            reader,
+            writer,
+            ServerStream(self.settings, tls_active=direct_tls),
+            self.account,  # type: ignore[arg-type]
+            tls_context=self.tls_context,
+            throttle=self.throttle,
+            queue_cap=self.queue_cap,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await conn.run()
+        finally:
+            self.tasks.discard(task)
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()

@@ -1,0 +1,329 @@
+"""Sans-IO core of one downstream C2S stream (RFC 6120 negotiation, then stanzas).
+
+In the shape of h11: the I/O edge feeds bytes with ``receive_data`` and gets
+typed events back; whatever the core wants to write accumulates until
+``data_to_send``. No socket, clock or task lives here, so every negotiation
+path is unit-tested by feeding bytes.
+
+Negotiation runs through phases (the table below says what each accepts):
+TLS (when required or asked), SASL, resource binding, then stanzas. Every
+stream restart (after STARTTLS and SASL success) gets a fresh parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from lxml import etree
+
+from bouncer import ns, stanza
+from bouncer.c2s import sasl
+from bouncer.c2s.parser import ElementReceived, StreamEnded, StreamOpened, StreamParser, XmlRefused
+from bouncer.ns import q
+
+
+class Phase(Enum):
+    TLS = auto()  # TLS is required and not active yet
+    AUTH = auto()  # SASL (STARTTLS may still be offered)
+    BIND = auto()  # authenticated; only resource binding allowed
+    OPEN = auto()  # bound: stanzas flow
+    CLOSED = auto()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    domain: str
+    username: str  # the account's localpart: the only one that may log in
+    credentials: sasl.AccountCredentials
+    tls_available: bool
+    tls_required: bool
+    max_stanza_size: int
+
+
+# Events handed to the I/O edge.
+@dataclass(frozen=True)
+class StartTls:
+    """Flush output, wrap the transport in TLS, then call ``tls_started``."""
+
+
+@dataclass(frozen=True)
+class AuthSucceeded:
+    username: str
+
+
+@dataclass(frozen=True)
+class AuthFailed:
+    username: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class BindRequested:
+    """The client asks for a resource (None: pick one). Answer with ``bind``."""
+
+    resource: str | None
+
+
+@dataclass(frozen=True)
+class StanzaReceived:
+    element: etree._Element
+
+
+@dataclass(frozen=True)
+class NonzaReceived:
+    """A depth-1 element that is not a stanza (CSI, SM), once bound."""
+
+    element: etree._Element
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The stream is over; ``error`` is the stream error condition we sent, if any."""
+
+    error: str | None
+
+
+Event = StartTls | AuthSucceeded | AuthFailed | BindRequested | StanzaReceived | NonzaReceived | Closed
+
+
+class ServerStream:
+    """One client connection's protocol state."""
+
+    def __init__(self, settings: StreamSettings, *, tls_active: bool = False) -> None:
+        self.settings = settings
+        self.tls_active = tls_active
+        self.phase = Phase.TLS if settings.tls_required and not tls_active else Phase.AUTH
+        self.jid: str | None = None
+        self.username: str | None = None
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._parser = StreamParser(settings.max_stanza_size)
+        self._header_sent = False
+        self._sasl: sasl.SaslExchange | None = None
+        self._bind_id: str | None = None
+
+    # ---- input -------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the socket; return what they completed."""
+        if self.phase is Phase.CLOSED:
+            return []
+        try:
+            for ev in self._parser.feed(data):
+                if self.phase is Phase.CLOSED:
+                    break
+                if isinstance(ev, StreamOpened):
+                    self._on_header(ev)
+                elif isinstance(ev, StreamEnded):
+                    self._close(None)
+                elif isinstance(ev, ElementReceived):
+                    self._on_element(ev.element)
+                if self._events and isinstance(self._events[-1], StartTls):
+                    break  # bytes after <starttls/> belong to the TLS layer
+        except XmlRefused as exc:
+            self.stream_error(exc.condition, exc.text)
+        events, self._events = self._events, []
+        return events
+
+    def tls_started(self) -> None:
+        """The transport is now TLS: expect a new stream header."""
+        self.tls_active = True
+        self.phase = Phase.AUTH
+        self._restart()
+
+    def connection_lost(self) -> list[Event]:
+        """The socket closed under us."""
+        if self.phase is Phase.CLOSED:
+            return []
+        self.phase = Phase.CLOSED
+        return [Closed(None)]
+
+    # ---- output ------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        out, self._out = b"".join(self._out), []
+        return out
+
+    def send_stanza(self, el: etree._Element) -> None:
+        self._out.append(stanza.serialize(el))
+
+    def bind(self, resource: str) -> None:
+        """Answer the pending bind request with ``account@domain/resource``."""
+        self.jid = f"{self.username}@{self.settings.domain}/{resource}"
+        reply = stanza.make("iq", type="result", id=self._bind_id)
+        b = stanza.child(reply, ns.BIND, "bind")
+        etree.SubElement(b, q(ns.BIND, "jid")).text = self.jid
+        self.send_stanza(reply)
+        self.phase = Phase.OPEN
+
+    def close(self) -> None:
+        """End the stream politely."""
+        if self.phase is not Phase.CLOSED:
+            self._ensure_header()
+            self._close(None)
+
+    def stream_error(self, condition: str, text: str | None = None) -> None:
+        """Send a stream error and close; only this session ends (SPEC §11)."""
+        if self.phase is Phase.CLOSED:
+            return
+        self._ensure_header()
+        err = etree.Element(q(ns.STREAMS, "error"), nsmap={"stream": ns.STREAMS})
+        stanza.child(err, ns.STREAM_ERRORS, condition)
+        if text:
+            t = stanza.child(err, ns.STREAM_ERRORS, "text")
+            t.text = text
+        self._out.append(etree.tostring(err))
+        self._close(condition)
+
+    # ---- negotiation -------------------------------------------------------
+    def _close(self, error: str | None) -> None:
+        self._out.append(b"</stream:stream>")
+        self.phase = Phase.CLOSED
+        self._events.append(Closed(error))
+
+    def _restart(self) -> None:
+        self._parser = StreamParser(self.settings.max_stanza_size)
+        self._header_sent = False
+
+    def _ensure_header(self) -> None:
+        if not self._header_sent:
+            self._header_sent = True
+            self._out.append(
+                (
+                    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                    "xmlns:stream='http://etherx.jabber.org/streams' "
+                    f"id='{secrets.token_hex(8)}' from='{self.settings.domain}' "
+                    "version='1.0' xml:lang='en'>"
+                ).encode()
+            )
+
+    def _on_header(self, ev: StreamOpened) -> None:
+        self._ensure_header()
+        if ev.tag != q(ns.STREAMS, "stream"):
+            return self.stream_error("invalid-namespace", "expected stream:stream")
+        if ev.default_ns != ns.CLIENT:
+            return self.stream_error("invalid-namespace", "default namespace must be jabber:client")
+        if ev.attrs.get("to", "").lower() != self.settings.domain.lower():
+            return self.stream_error("host-unknown", f"this server serves {self.settings.domain}")
+        if ev.attrs.get("version") != "1.0":
+            return self.stream_error("unsupported-version")
+        self._out.append(etree.tostring(self._features()))
+
+    def _features(self) -> etree._Element:
+        feats = etree.Element(q(ns.STREAMS, "features"), nsmap={"stream": ns.STREAMS})
+        if self.phase in (Phase.TLS, Phase.AUTH):
+            if self.settings.tls_available and not self.tls_active:
+                tls = stanza.child(feats, ns.TLS, "starttls")
+                if self.settings.tls_required:
+                    etree.SubElement(tls, q(ns.TLS, "required"))
+            if self.phase is Phase.AUTH:
+                mechs = stanza.child(feats, ns.SASL, "mechanisms")
+                for name in sasl.offered_mechanisms(self.settings.credentials, self.tls_active):
+                    etree.SubElement(mechs, q(ns.SASL, "mechanism")).text = name
+        elif self.phase is Phase.BIND:
+            stanza.child(feats, ns.BIND, "bind")
+            sess = stanza.child(feats, ns.SESSION, "session")
+            etree.SubElement(sess, q(ns.SESSION, "optional"))
+            stanza.child(feats, ns.CSI, "csi")
+        return feats
+
+    def _on_element(self, el: etree._Element) -> None:
+        handler = _HANDLERS.get((self.phase, el.tag))
+        if handler is not None:
+            handler(self, el)
+        elif self.phase is Phase.OPEN and el.tag in stanza.STANZA_TAGS:
+            self._on_stanza(el)
+        elif self.phase is Phase.OPEN:
+            self._events.append(NonzaReceived(el))
+        elif self.phase is Phase.TLS:
+            self.stream_error("policy-violation", "STARTTLS is required")
+        else:
+            self.stream_error("not-authorized", "authenticate and bind first")
+
+    def _on_starttls(self, _el: etree._Element) -> None:
+        if not self.settings.tls_available or self.tls_active:
+            self._out.append(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            return self._close(None)
+        self._out.append(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self._events.append(StartTls())
+
+    def _on_auth(self, el: etree._Element) -> None:
+        self._sasl = sasl.SaslExchange(self.settings.credentials, self.settings.username)
+        data = _b64(el.text)
+        if data is None:
+            return self._sasl_step(sasl.Failure("incorrect-encoding", None, "bad base64"))
+        self._sasl_step(self._sasl.start(el.get("mechanism", ""), data, self.tls_active))
+
+    def _on_response(self, el: etree._Element) -> None:
+        data = _b64(el.text)
+        if self._sasl is None or data is None:
+            return self._sasl_step(sasl.Failure("malformed-request", None, "unexpected response"))
+        self._sasl_step(self._sasl.respond(data))
+
+    def _on_abort(self, _el: etree._Element) -> None:
+        self._sasl = None
+        self._out.append(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><aborted/></failure>")
+
+    def _sasl_step(self, step: sasl.Step) -> None:
+        if isinstance(step, sasl.Challenge):
+            self._out.append(_sasl_element("challenge", step.data))
+        elif isinstance(step, sasl.Success):
+            self._sasl = None
+            self.username = self.settings.username
+            self._out.append(_sasl_element("success", step.data))
+            self.phase = Phase.BIND
+            self._restart()
+            self._events.append(AuthSucceeded(step.username))
+        else:
+            self._sasl = None
+            self._out.append(
+                f"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{step.condition}/></failure>".encode()
+            )
+            self._events.append(AuthFailed(step.username, step.reason))
+
+    def _on_bind_phase_iq(self, el: etree._Element) -> None:
+        body = stanza.payload(el)
+        if el.get("type") == "set" and body is not None and body.tag == q(ns.BIND, "bind"):
+            self._bind_id = el.get("id")
+            res = body.findtext(q(ns.BIND, "resource"))
+            self._events.append(BindRequested(res.strip() if res and res.strip() else None))
+        else:
+            self.send_stanza(stanza.error_reply(el, "not-authorized"))
+
+    def _on_stanza(self, el: etree._Element) -> None:
+        el.set("from", self.jid or "")  # SPEC §11: a client's own from is never trusted
+        body = stanza.payload(el) if el.tag == stanza.IQ else None
+        if body is not None and body.tag == q(ns.SESSION, "session") and el.get("type") == "set":
+            # RFC 3921 legacy session establishment: a no-op that must succeed.
+            return self.send_stanza(stanza.iq_result(el))
+        if body is not None and body.tag == q(ns.BIND, "bind"):
+            return self.send_stanza(stanza.error_reply(el, "not-allowed", "already bound"))
+        self._events.append(StanzaReceived(el))
+
+
+_HANDLERS = {
+    (Phase.TLS, q(ns.TLS, "starttls")): ServerStream._on_starttls,
+    (Phase.AUTH, q(ns.TLS, "starttls")): ServerStream._on_starttls,
+    (Phase.AUTH, q(ns.SASL, "auth")): ServerStream._on_auth,
+    (Phase.AUTH, q(ns.SASL, "response")): ServerStream._on_response,
+    (Phase.AUTH, q(ns.SASL, "abort")): ServerStream._on_abort,
+    (Phase.BIND, stanza.IQ): ServerStream._on_bind_phase_iq,
+}
+
+
+def _b64(text: str | None) -> bytes | None:
+    """SASL payloads: base64, where ``=`` alone means empty (RFC 6120 §6.4.2)."""
+    text = (text or "").strip()
+    if text in ("", "="):
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _sasl_element(name: str, data: bytes) -> bytes:
+    payload = base64.b64encode(data).decode() if data else "="
+    return f"<{name} xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{payload}</{name}>".encode()

@@ -1,0 +1,103 @@
+"""The ``bouncer`` command: run, check-config, hash-password.
+
+User mistakes (config errors, mismatched passwords) end with one ``bouncer: ...`` line on
+stderr and a non-zero exit code, never a traceback (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+import structlog
+
+from bouncer.config import ConfigError, load_config
+from bouncer.credentials import hash_password
+from bouncer.log import configure_logging
+
+DEFAULT_CONFIG = "bouncer.yaml"
+EXIT_USAGE = 2  # also for config errors: the user has to fix how bouncer is invoked
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bouncer`` and ``python -m bouncer``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except ConfigError as e:
+        _fail(str(e))
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bouncer", description="XMPP multi-session proxy: one upstream, many clients."
+    )
+    parser.set_defaults(command=lambda _args: _usage(parser))
+    commands = parser.add_subparsers(title="commands")
+    for name, command, summary in (
+        ("run", _run, "run in the foreground"),
+        ("check-config", _check_config, "validate the config file and exit"),
+    ):
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                         help=f"config file (default: ./{DEFAULT_CONFIG})")
+        sub.set_defaults(command=command)
+    summary = "print a stored credential for downstream.password_hash"
+    sub = commands.add_parser("hash-password", help=summary, description=summary)
+    sub.set_defaults(command=_hash_password)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.format, config.log.level)
+    log = structlog.get_logger()
+    for warning in config.warnings:
+        log.warning("config_warning", problem=warning)
+    from bouncer import app  # imported late: only `run` needs the whole proxy loaded
+
+    try:
+        from uvloop import run
+    except ImportError:
+        from asyncio import run
+    try:
+        run(app.run(config))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print("ok")
+    for warning in config.warnings:
+        print(f"bouncer: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _hash_password(_args: argparse.Namespace) -> int:
+    try:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat password: ") != password:
+                return _fail("the passwords do not match")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        print(hash_password(password))
+    except ValueError as e:
+        return _fail(str(e))
+    except (EOFError, KeyboardInterrupt):
+        return _fail("no password given")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"bouncer: {message}", file=sys.stderr)
+    return 1

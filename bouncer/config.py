@@ -1,0 +1,473 @@
+"""Load and validate ``bouncer.yaml``.
+
+Every user mistake becomes one ConfigError naming the key, so start-up and
+``bouncer check-config`` print one line instead of a traceback (SPEC §2). The _SECTIONS
+table drives validation: each key has a parser for its own value; rules that involve
+several keys or the filesystem live in one builder per section. Defaults live only on
+the dataclasses below.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, get_args
+
+import yaml
+
+from bouncer.credentials import Credentials, parse_credentials
+from bouncer.tls import server_context
+
+UpstreamTls = Literal["starttls", "direct", "plain"]
+ListenTls = Literal["required", "optional"]
+IdleShow = Literal["away", "xa", "dnd", "chat", "available"]
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """A mistake in the config file; ``str()`` is the single line ``key: problem``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = " ".join(problem.splitlines())
+        super().__init__(f"{key}: {self.problem}")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """The real account and how to reach its server (host/port unset: SRV/A lookup)."""
+
+    jid: str
+    password: str = field(repr=False)
+    host: str | None = None
+    port: int | None = None
+    tls: UpstreamTls = "starttls"
+    verify: bool = True
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where downstream clients connect; no cert/key means a generated self-signed one."""
+
+    address: str = "127.0.0.1"
+    port: int = 5222
+    direct_tls_port: int | None = None
+    tls: ListenTls = "required"
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """The secret downstream clients log in with."""
+
+    credentials: Credentials
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The SQLite file; absolute once loaded (relative paths follow the config file)."""
+
+    path: str = "./bouncer.sqlite"
+
+
+@dataclass(frozen=True)
+class PresenceConfig:
+    """The presence the account keeps upstream while no client is connected."""
+
+    idle_show: IdleShow = "away"
+    idle_status: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds that keep one peer from growing the process without limit (SPEC §11)."""
+
+    max_stanza_size: int = 262144
+    iq_timeout: float = 60.0
+    upstream_queue: int = 1000
+    session_queue: int = 10000
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Output format (auto: console on a TTY, else JSON lines) and level."""
+
+    format: LogFormat = "auto"
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole file; sections other than upstream and downstream default when absent."""
+
+    upstream: UpstreamConfig
+    downstream: DownstreamConfig
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    # Accepted but unwise settings, for the caller to log.
+    warnings: tuple[str, ...] = ()
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the YAML file at ``path``; raises ConfigError."""
+    shown = os.fspath(path)
+    document = _read_yaml(shown)
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(shown, f"expected a mapping of sections, got {_show(document)}")
+    _reject_unknown(document, _SECTIONS, "")
+    context = _Context(os.path.dirname(os.path.abspath(shown)), [])
+    built = {
+        name: section.build(_parse_section(name, document.get(name), section.keys), context)
+        for name, section in _SECTIONS.items()
+    }
+    return Config(**built, warnings=tuple(context.warnings))
+
+
+# --- reading YAML -------------------------------------------------------------------------
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which YAML would silently let the last win."""
+
+
+def _unique_keys_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: list[Any] = []
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.append(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_Loader)
+    except OSError as e:
+        raise ConfigError(path, f"cannot read the config file: {_reason(e)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "the config file is not UTF-8 text") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, f"invalid YAML at {where}{e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, f"invalid YAML: {e}") from None
+
+
+# --- per-key parsers: return the value or raise _Expected("what the key takes") -----------
+
+class _Expected(Exception):
+    pass
+
+
+_Parser = Callable[[Any], Any]
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Expected("a non-empty string")
+    return value
+
+
+def _integer(low: int, high: int | None = None) -> _Parser:
+    in_range = f"an integer from {low} to {high}" if high is not None else f"an integer of at least {low}"
+
+    def parse(value: Any) -> int:
+        if type(value) is not int:  # not isinstance: YAML's true/false are ints to Python
+            raise _Expected("an integer")
+        if value < low or (high is not None and value > high):
+            raise _Expected(in_range)
+        return value
+    return parse
+
+
+def _positive_number(value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise _Expected("a positive number")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Expected("true or false")
+    return value
+
+
+def _choice(options: Any) -> _Parser:
+    allowed = get_args(options)
+    wanted = "one of " + ", ".join(repr(option) for option in allowed)
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise _Expected(wanted)
+        return value
+    return parse
+
+
+_JID = re.compile(r"[^@/\s]+@[^@/\s]+(?:/.+)?")
+
+
+def _jid(value: Any) -> str:
+    if not isinstance(value, str) or not _JID.fullmatch(value):
+        raise _Expected("a JID like user@example.org or user@example.org/resource")
+    return value
+
+
+_PORT = _integer(1, 65535)
+
+
+# --- sections: key parsers, then a builder for the rules that span keys ------------------
+
+@dataclass(frozen=True)
+class _Key:
+    parse: _Parser
+    required: bool = False
+    # Never echo the value in an error: it is a password or a password hash.
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class _Context:
+    base_dir: str
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class _Section:
+    keys: dict[str, _Key]
+    build: Callable[[dict[str, Any], _Context], Any]
+
+
+def _parse_section(name: str, raw: Any, keys: dict[str, _Key]) -> dict[str, Any]:
+    """Parsed values of the keys present; an absent section or a null value means default."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(name, f"expected a mapping of keys, got {_show(raw)}")
+    _reject_unknown(raw, keys, f"{name}.")
+    values = {}
+    for key_name, key in keys.items():
+        value = raw.get(key_name)
+        if value is None:
+            if key.required:
+                raise ConfigError(f"{name}.{key_name}", "required key is missing")
+            continue
+        try:
+            values[key_name] = key.parse(value)
+        except _Expected as e:
+            raise ConfigError(
+                f"{name}.{key_name}", f"expected {e}, got {_show(value, key.secret)}"
+            ) from None
+    return values
+
+
+def _reject_unknown(raw: dict[Any, Any], known: dict[str, Any], prefix: str) -> None:
+    for name in raw:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            raise ConfigError(f"{prefix}{name}", f"unknown key ({hint})")
+
+
+def _upstream(values: dict[str, Any], context: _Context) -> UpstreamConfig:
+    key, secret = _one_of("upstream", values, "password", "password_file")
+    if key == "password_file":
+        secret = _read_secret("upstream.password_file", _resolve(context, secret))
+    if "ca_file" in values:
+        values["ca_file"] = _trust_file("upstream.ca_file", _resolve(context, values["ca_file"]))
+    config = UpstreamConfig(password=secret, **values)
+    if config.tls == "plain" and not _is_loopback(config.host or _domain(config.jid)):
+        raise ConfigError(
+            "upstream.tls", "'plain' is only allowed when upstream.host is a loopback address or localhost"
+        )
+    return config
+
+
+def _listen(values: dict[str, Any], context: _Context) -> ListenConfig:
+    if ("cert" in values) != ("key" in values):
+        missing = "listen.key" if "cert" in values else "listen.cert"
+        raise ConfigError(missing, "listen.cert and listen.key must be set together")
+    if "cert" in values:
+        for name in ("cert", "key"):
+            values[name] = _readable(f"listen.{name}", _resolve(context, values[name]))
+        try:
+            server_context(values["cert"], values["key"])
+        except (OSError, ValueError) as e:
+            raise ConfigError("listen.cert", f"cannot use this certificate and key: {_reason(e)}") from None
+    config = ListenConfig(**values)
+    if config.tls == "optional" and not _is_loopback(config.address):
+        raise ConfigError("listen.tls", "'optional' is only allowed when listen.address is loopback")
+    if config.direct_tls_port == config.port:
+        raise ConfigError("listen.direct_tls_port", "must differ from listen.port")
+    return config
+
+
+def _downstream(values: dict[str, Any], context: _Context) -> DownstreamConfig:
+    key, secret = _one_of("downstream", values, "password_hash", "password")
+    try:
+        if key == "password_hash":
+            return DownstreamConfig(parse_credentials(secret))
+        credentials = Credentials.from_plain(secret)
+    except ValueError as e:
+        raise ConfigError(f"downstream.{key}", str(e)) from None
+    context.warnings.append(
+        "downstream.password: the password is stored in plain text; put the output of "
+        "`bouncer hash-password` in downstream.password_hash instead"
+    )
+    return DownstreamConfig(credentials)
+
+
+def _storage(values: dict[str, Any], context: _Context) -> StorageConfig:
+    path = _resolve(context, values.get("path", StorageConfig.path))
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ConfigError("storage.path", f"directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError("storage.path", f"{path} is a directory, expected a file name")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise ConfigError("storage.path", f"{path} is not writable")
+    return StorageConfig(path)
+
+
+def _defaults_apply(cls: type) -> Callable[[dict[str, Any], _Context], Any]:
+    """Builder for sections with no rules beyond their keys' own."""
+    return lambda values, _context: cls(**values)
+
+
+_SECTIONS: dict[str, _Section] = {
+    "upstream": _Section({
+        "jid": _Key(_jid, required=True),
+        "password": _Key(_text, secret=True),
+        "password_file": _Key(_text),
+        "host": _Key(_text),
+        "port": _Key(_PORT),
+        "tls": _Key(_choice(UpstreamTls)),
+        "verify": _Key(_boolean),
+        "ca_file": _Key(_text),
+    }, _upstream),
+    "listen": _Section({
+        "address": _Key(_text),
+        "port": _Key(_PORT),
+        "direct_tls_port": _Key(_PORT),
+        "tls": _Key(_choice(ListenTls)),
+        "cert": _Key(_text),
+        "key": _Key(_text),
+    }, _listen),
+    "downstream": _Section({
+        "password_hash": _Key(_text, secret=True),
+        "password": _Key(_text, secret=True),
+    }, _downstream),
+    "storage": _Section({"path": _Key(_text)}, _storage),
+    "presence": _Section({
+        "idle_show": _Key(_choice(IdleShow)),
+        "idle_status": _Key(_text),
+    }, _defaults_apply(PresenceConfig)),
+    "limits": _Section({
+        # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
+        "max_stanza_size": _Key(_integer(10000)),
+        "iq_timeout": _Key(_positive_number),
+        "upstream_queue": _Key(_integer(1)),
+        "session_queue": _Key(_integer(1)),
+    }, _defaults_apply(LimitsConfig)),
+    "log": _Section({
+        "format": _Key(_choice(LogFormat)),
+        "level": _Key(_choice(LogLevel)),
+    }, _defaults_apply(LogConfig)),
+}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def _one_of(section: str, values: dict[str, Any], first: str, second: str) -> tuple[str, Any]:
+    """Take whichever of two alternative keys is set; exactly one must be."""
+    a, b = values.pop(first, None), values.pop(second, None)
+    if a is None and b is None:
+        raise ConfigError(f"{section}.{first}", f"required key is missing (or set {section}.{second})")
+    if a is not None and b is not None:
+        raise ConfigError(f"{section}.{second}", f"cannot be used together with {section}.{first}")
+    return (first, a) if a is not None else (second, b)
+
+
+def _resolve(context: _Context, path: str) -> str:
+    """Absolute path; relative ones follow the config file, not the (service's) working dir."""
+    return os.path.normpath(os.path.join(context.base_dir, os.path.expanduser(path)))
+
+
+def _readable(key: str, path: str) -> str:
+    try:
+        with open(path, "rb"):
+            return path
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {_reason(e)}") from None
+
+
+def _read_secret(key: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {_reason(e)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(key, f"{path} is empty")
+    return secret
+
+
+def _trust_file(key: str, path: str) -> str:
+    """A CA bundle or the server's own certificate, checked now rather than at connect time."""
+    _readable(key, path)
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(key, f"{path} holds no usable PEM certificate: {_reason(e)}") from None
+    return path
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _domain(jid: str) -> str:
+    return jid.split("@", 1)[1].split("/", 1)[0]
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _show(value: Any, secret: bool = False) -> str:
+    """The offending value for an error message; secrets only by type."""
+    if secret:
+        return f"a value of type {type(value).__name__}"
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."

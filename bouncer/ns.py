@@ -1,0 +1,31 @@
+"""XML namespaces the bouncer speaks, in one place so that tags are spelled once."""
+
+CLIENT = "jabber:client"
+STREAMS = "http://etherx.jabber.org/streams"
+STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+XML = "http://www.w3.org/XML/1998/namespace"
+
+ROSTER = "jabber:iq:roster"
+VERSION = "jabber:iq:version"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+CAPS = "http://jabber.org/protocol/caps"
+PING = "urn:xmpp:ping"
+TIME = "urn:xmpp:time"
+CARBONS = "urn:xmpp:carbons:2"
+FORWARD = "urn:xmpp:forward:0"
+DELAY = "urn:xmpp:delay"
+HINTS = "urn:xmpp:hints"
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+CSI = "urn:xmpp:csi:0"
+MAM_NAMESPACES = ("urn:xmpp:mam:2", "urn:xmpp:mam:1")
+MUC_USER = "http://jabber.org/protocol/muc#user"
+
+
+def q(ns: str, local: str) -> str:
+    """Clark notation ``{ns}local``, the form lxml uses for qualified names."""
+    return f"{{{ns}}}{local}"

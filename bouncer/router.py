@@ -1,0 +1,355 @@
+"""Pure routing decisions between the downstream sessions and the upstream session.
+
+The Router holds the routing tables (sessions, IQs in flight, the contacts'
+presence, what waits for the upstream) and turns each input into a list of
+actions; the Account executes them. It never touches a socket or a clock
+(``now`` is passed in), so every rule of SPEC §5 is unit-tested directly.
+Stages follow Prosody's stanza_router: stamp, classify the recipient, dispatch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from bouncer import carbons, jid, local_iq, ns, presence, stanza
+from bouncer.iqtrack import IqTracker
+from bouncer.ns import q
+
+Element = etree._Element
+
+# Ids of IQs the bouncer itself sends to its sessions (roster pushes it already
+# answered upstream): the sessions' answers to them stop here.
+LOCAL_PUSH_PREFIX = "bncpush-"
+
+
+@dataclass(frozen=True)
+class ToUpstream:
+    element: Element
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send ``element`` to these sessions; a ``to`` naming any full JID of the
+    account is re-addressed to each session's own full JID."""
+
+    resources: tuple[str, ...]
+    element: Element
+
+
+@dataclass(frozen=True)
+class Store:
+    """Keep this stanza for the next session (nobody is connected, SPEC §5)."""
+
+    element: Element
+
+
+@dataclass(frozen=True)
+class FlushStored:
+    """Deliver what was stored to this session, which just became available."""
+
+    resource: str
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    resource: str
+    token: int
+    condition: str
+
+
+Action = ToUpstream | Deliver | Store | FlushStored | CloseSession
+
+
+@dataclass
+class Session:
+    resource: str
+    jid: str
+    token: int
+    presence: Element | None = None  # last available broadcast presence; None: not available
+    carbons: bool = False
+
+
+@dataclass
+class RouterSettings:
+    account: str  # bare JID
+    idle_show: str = "away"
+    idle_status: str | None = None
+    iq_timeout: float = 60.0
+    upstream_queue: int = 1000
+
+
+@dataclass
+class Router:
+    settings: RouterSettings
+    sessions: dict[str, Session] = field(default_factory=dict)
+    upstream_jid: str | None = None
+    upstream_up: bool = False
+    contacts: dict[str, Element] = field(default_factory=dict)  # full JID -> available presence
+    peers: dict[str, str] = field(default_factory=dict)  # bare JID -> session that last wrote to it
+    queue: deque[Element] = field(default_factory=deque)
+    iqs: IqTracker = field(init=False)
+    _sent_presence: bytes | None = None
+    _tokens: itertools.count = field(default_factory=itertools.count)
+    _push_ids: itertools.count = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.iqs = IqTracker(self.settings.iq_timeout)
+
+    @property
+    def account(self) -> str:
+        return self.settings.account
+
+    # ---- sessions ----------------------------------------------------------
+    def bind(self, requested: str | None) -> tuple[Session, list[Action]]:
+        """Register a new session; a resource in use replaces its holder (SPEC §3)."""
+        upstream_res = jid.resource(self.upstream_jid or "")
+        resource = requested if requested and requested != upstream_res else f"bnc-{secrets.token_hex(4)}"
+        actions: list[Action] = []
+        old = self.sessions.get(resource)
+        if old is not None:
+            actions += self.session_gone(resource, old.token)
+            actions.append(CloseSession(resource, old.token, "conflict"))
+        session = Session(resource, f"{self.account}/{resource}", next(self._tokens))
+        self.sessions[resource] = session
+        return session, actions
+
+    def session_gone(self, resource: str, token: int) -> list[Action]:
+        session = self.sessions.get(resource)
+        if session is None or session.token != token:
+            return []  # already replaced by a newer bind
+        del self.sessions[resource]
+        self.iqs.drop_session(resource)
+        actions: list[Action] = []
+        if session.presence is not None:
+            gone = stanza.make("presence", type="unavailable", from_=session.jid)
+            actions.append(Deliver(self._available(), gone))
+            actions += self._account_presence()
+        return actions
+
+    # ---- from a session ----------------------------------------------------
+    def from_session(self, resource: str, el: Element, now: float) -> list[Action]:
+        """Route a stanza a bound session sent (its ``from`` already stamped)."""
+        session = self.sessions[resource]
+        to = el.get("to")
+        if to is not None and self._is_sibling(to):
+            return [Deliver((jid.resource(to),), el)]  # type: ignore[arg-type]
+        if el.tag == stanza.MESSAGE:
+            return self._session_message(session, el)
+        if el.tag == stanza.PRESENCE:
+            return self._session_presence(session, el)
+        return self._session_iq(session, el, now)
+
+    def _session_message(self, session: Session, el: Element) -> list[Action]:
+        to = el.get("to")
+        if to is not None:
+            self.peers[jid.bare(to)] = session.resource
+        actions: list[Action] = []
+        if carbons.should_copy_sent(el):
+            siblings = tuple(r for r, s in self.sessions.items() if s.carbons and r != session.resource)
+            if siblings:
+                actions.append(Deliver(siblings, carbons.sent_carbon(el, self.account)))
+        return actions + self._upstream(el, session)
+
+    def _session_presence(self, session: Session, el: Element) -> list[Action]:
+        if not presence.is_broadcast(el):
+            if el.get("to") is not None:
+                self.peers[jid.bare(el.get("to"))] = session.resource
+            return self._upstream(el, session)
+        first = session.presence is None and el.get("type") is None
+        session.presence = None if el.get("type") == "unavailable" else el
+        others = tuple(r for r in self._available() if r != session.resource)
+        actions: list[Action] = [Deliver(others, el)] if others else []
+        if first:
+            me = (session.resource,)
+            actions += [Deliver(me, p) for p in self.contacts.values()]
+            actions += [Deliver(me, self.sessions[r].presence) for r in others]  # type: ignore[arg-type]
+            actions.append(FlushStored(session.resource))
+        return actions + self._account_presence()
+
+    def _session_iq(self, session: Session, el: Element, now: float) -> list[Action]:
+        to = el.get("to")
+        if stanza.is_error_or_result(el):
+            if (el.get("id") or "").startswith(LOCAL_PUSH_PREFIX):
+                return []  # answer to a push the bouncer already acknowledged
+            return self._upstream(el, session)
+        enable = carbons.is_enable_request(el)
+        if enable is not None and (to is None or jid.same_bare(to, self.account)) and jid.resource(to or "") is None:
+            session.carbons = enable
+            return [Deliver((session.resource,), stanza.iq_result(el))]
+        if to is not None and to == self.upstream_jid:
+            answer = local_iq.answer(el)
+            return [Deliver((session.resource,), answer if answer is not None else stanza.error_reply(el, "service-unavailable"))]
+        if to is not None:
+            self.peers[jid.bare(to)] = session.resource
+        if not self.upstream_up:
+            return [Deliver((session.resource,), stanza.error_reply(el, "remote-server-timeout", "upstream is reconnecting"))]
+        disco = local_iq.is_disco_info_get(el) and (to is None or jid.bare(to) in (self.account, jid.domain(self.account)))
+        return [ToUpstream(self.iqs.outbound(_without_from(el), session.resource, now, disco=disco))]
+
+    # ---- from upstream -----------------------------------------------------
+    def from_upstream(self, el: Element) -> list[Action]:
+        if el.tag == stanza.IQ:
+            return self._upstream_iq(el)
+        if el.tag == stanza.MESSAGE:
+            return self._upstream_message(el)
+        if el.tag == stanza.PRESENCE:
+            return self._upstream_presence(el)
+        return []
+
+    def _upstream_iq(self, el: Element) -> list[Action]:
+        if stanza.is_error_or_result(el):
+            entry = self.iqs.inbound(el)
+            if entry is None or entry.resource not in self.sessions:
+                return []  # the bouncer's own IQ, or its session is gone
+            if entry.disco and el.get("type") == "result":
+                local_iq.augment_disco(el)
+            return [Deliver((entry.resource,), el)]
+        body = stanza.payload(el)
+        if body is not None and body.tag == q(ns.ROSTER, "query") and _from_account_or_server(el, self.account):
+            # Roster push: the bouncer acknowledges it once and tells every session.
+            push = stanza.clone(el)
+            push.set("id", f"{LOCAL_PUSH_PREFIX}{next(self._push_ids)}")
+            actions: list[Action] = [ToUpstream(stanza.iq_result(el))]
+            return actions + ([Deliver(tuple(self.sessions), push)] if self.sessions else [])
+        answer = local_iq.answer(el)
+        if answer is not None:
+            return [ToUpstream(answer)]
+        target = self._iq_target(el)
+        if target is None:
+            return [ToUpstream(stanza.error_reply(el, "service-unavailable"))]
+        return [Deliver((target,), el)]
+
+    def _iq_target(self, el: Element) -> str | None:
+        """Which session answers an IQ sent to the account's upstream JID."""
+        body = stanza.payload(el)
+        node = body.get("node") if body is not None and body.tag == q(ns.DISCO_INFO, "query") else None
+        if node is not None:
+            return next((r for r, s in self.sessions.items() if s.presence is not None and presence.caps_node(s.presence) == node), None)
+        peer = self.peers.get(jid.bare(el.get("from", "")))
+        if peer in self.sessions:
+            return peer
+        available = self._available()
+        return available[-1] if available else None
+
+    def _upstream_message(self, el: Element) -> list[Action]:
+        owner = self.iqs.mam_result(el)
+        if owner is not None:
+            return [Deliver((owner,), el)] if owner in self.sessions else []
+        if carbons.is_carbon(el) and jid.same_bare(el.get("from"), self.account) and jid.resource(el.get("from", "")) is None:
+            targets = tuple(r for r, s in self.sessions.items() if s.carbons and s.presence is not None)
+            return [Deliver(targets, el)] if targets else [Store(el)]
+        return self._to_interested(el, keep=_worth_keeping(el))
+
+    def _upstream_presence(self, el: Element) -> list[Action]:
+        sender = el.get("from", "")
+        if sender == self.upstream_jid:
+            return []  # the server echoing our own presence
+        if presence.is_subscription(el):
+            return self._to_interested(el, keep=True)
+        if el.get("type") is None:
+            self.contacts[sender] = el
+        elif el.get("type") == "unavailable":
+            self.contacts.pop(sender, None)
+        return self._to_interested(el, keep=False)
+
+    def _to_interested(self, el: Element, *, keep: bool) -> list[Action]:
+        targets = self._available()
+        if targets:
+            return [Deliver(targets, el)]
+        return [Store(el)] if keep else []
+
+    # ---- upstream lifecycle ------------------------------------------------
+    def upstream_established(self, full_jid: str, resumed: bool) -> list[Action]:
+        self.upstream_jid = full_jid
+        self.upstream_up = True
+        actions: list[Action] = []
+        if not resumed:
+            # A new session: the server forgot our presence and carbons state,
+            # and IQs sent on the old stream will never be answered.
+            self.contacts.clear()
+            self._sent_presence = None
+            for upstream_id, entry in list(self.iqs.pending.items()):
+                del self.iqs.pending[upstream_id]
+                actions += self._iq_timeout_error(entry)
+            enable = stanza.make("iq", type="set", id=self.iqs.new_id())
+            stanza.child(enable, ns.CARBONS, "enable")
+            actions.append(ToUpstream(enable))
+            actions += self._account_presence()
+        while self.queue:
+            actions.append(ToUpstream(self.queue.popleft()))
+        return actions
+
+    def upstream_down(self) -> None:
+        self.upstream_up = False
+
+    def expire(self, now: float) -> list[Action]:
+        """Errors for IQs whose answer did not come in time (SPEC §5)."""
+        actions: list[Action] = []
+        for _, entry in self.iqs.expired(now):
+            actions += self._iq_timeout_error(entry)
+        return actions
+
+    # ---- helpers -----------------------------------------------------------
+    def _iq_timeout_error(self, entry) -> list[Action]:
+        if entry.resource not in self.sessions:
+            return []
+        probe = stanza.make("iq", type="get", id=entry.original_id, to=entry.original_to, from_=self.sessions[entry.resource].jid)
+        return [Deliver((entry.resource,), stanza.error_reply(probe, "remote-server-timeout"))]
+
+    def _upstream(self, el: Element, session: Session) -> list[Action]:
+        """Send upstream now, or queue while it reconnects; past the cap, say so."""
+        if self.upstream_up:
+            return [ToUpstream(_without_from(el))]
+        if len(self.queue) < self.settings.upstream_queue:
+            self.queue.append(_without_from(el))
+            return []
+        if stanza.is_error_or_result(el):
+            return []  # errors and results are never answered
+        return [Deliver((session.resource,), stanza.error_reply(el, "recipient-unavailable", "upstream queue is full"))]
+
+    def _account_presence(self) -> list[Action]:
+        """The aggregate presence upstream, sent only when it changed."""
+        if not self.upstream_up:
+            return []  # sent on (re)establishment
+        available = [s.presence for s in self.sessions.values() if s.presence is not None]
+        agg = presence.aggregate(available, self.settings.idle_show, self.settings.idle_status)  # type: ignore[arg-type]
+        wire = stanza.serialize(agg)
+        if wire == self._sent_presence:
+            return []
+        self._sent_presence = wire
+        return [ToUpstream(agg)]
+
+    def _available(self) -> tuple[str, ...]:
+        return tuple(r for r, s in self.sessions.items() if s.presence is not None)
+
+    def _is_sibling(self, to: str) -> bool:
+        res = jid.resource(to)
+        return res is not None and res in self.sessions and jid.same_bare(to, self.account)
+
+
+def _without_from(el: Element) -> Element:
+    """Upstream, the server stamps ``from`` itself; a downstream JID means nothing there."""
+    el.attrib.pop("from", None)
+    return el
+
+
+def _from_account_or_server(el: Element, account: str) -> bool:
+    sender = el.get("from")
+    return sender is None or jid.same_bare(sender, account) and jid.resource(sender) is None
+
+
+def _worth_keeping(msg: Element) -> bool:
+    """Whether a message is stored for later when nobody is connected.
+
+    Chat states alone are transient (XEP-0085: not stored offline); groupchat
+    belongs to the room archive.
+    """
+    if msg.get("type") == "groupchat":
+        return False
+    children = [c for c in msg if isinstance(c.tag, str)]
+    return not children or any(etree.QName(c).namespace not in (ns.CHATSTATES,) for c in children)

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real Prosody for integration tests.
+
+``prosody`` is started once per test session (startup ~0.1 s, but hundreds of
+tests add up) and stopped at the end; tests never share accounts, they call
+``prosody.new_user()``. Tests that kill, pause or restart the server use
+``prosody_factory`` instead, so that they cannot break the shared one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+try:  # tests/ is not a package: pytest puts this directory on sys.path
+    from support.prosody import Prosody, client_ssl_context
+except ImportError:  # pragma: no cover - if tests/ becomes a package
+    from tests.support.prosody import Prosody, client_ssl_context
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory):
+    server = Prosody(base_dir=tmp_path_factory.mktemp("prosody"))
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def prosody_factory(tmp_path):
+    """Create private Prosody instances (not started); all are removed afterwards."""
+    servers: list[Prosody] = []
+
+    def make() -> Prosody:
+        server = Prosody(base_dir=tmp_path)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tls_client_context():
+    """The shared permissive ``ssl.SSLContext`` for test peers (no verification)."""
+    return client_ssl_context()
