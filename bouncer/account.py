@@ -106,7 +106,8 @@ class Account:
                     if self.upstream is None or not self.upstream.send(element):
                         self.router.queue.append(element)
                 case Store(element):
-                    self.offline.add(stanza.serialize(element), time.time())
+                    row = self.offline.add(stanza.serialize(element), time.time())
+                    log.info("stored for later", id=row, kind=stanza.kind(element), sender=element.get("from"))
                 case FlushStored(resource):
                     self._flush_stored(resource)
                 case CloseSession(resource, token, condition):

@@ -194,7 +194,9 @@ def _text(value: Any) -> str:
 
 
 def _integer(low: int, high: int | None = None) -> _Parser:
-    in_range = f"an integer from {low} to {high}" if high is not None else f"an integer of at least {low}"
+    in_range = f"an integer of at least {low}"
+    if high is not None:
+        in_range = f"an integer from {low} to {high}"
 
     def parse(value: Any) -> int:
         if type(value) is not int:  # not isinstance: YAML's true/false are ints to Python
@@ -289,7 +291,9 @@ def _reject_unknown(raw: dict[Any, Any], known: dict[str, Any], prefix: str) -> 
     for name in raw:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else "known keys: " + ", ".join(known)
+            hint = f"known keys: {', '.join(known)}"
+            if close:
+                hint = f"did you mean '{prefix}{close[0]}'?"
             raise ConfigError(f"{prefix}{name}", f"unknown key ({hint})")
 
 
@@ -301,9 +305,8 @@ def _upstream(values: dict[str, Any], context: _Context) -> UpstreamConfig:
         values["ca_file"] = _trust_file("upstream.ca_file", _resolve(context, values["ca_file"]))
     config = UpstreamConfig(password=secret, **values)
     if config.tls == "plain" and not _is_loopback(config.host or _domain(config.jid)):
-        raise ConfigError(
-            "upstream.tls", "'plain' is only allowed when upstream.host is a loopback address or localhost"
-        )
+        raise ConfigError("upstream.tls", "'plain' is only allowed when upstream.host is "
+                          "a loopback address or localhost")
     return config
 
 
@@ -317,10 +320,11 @@ def _listen(values: dict[str, Any], context: _Context) -> ListenConfig:
         try:
             server_context(values["cert"], values["key"])
         except (OSError, ValueError) as e:
-            raise ConfigError("listen.cert", f"cannot use this certificate and key: {_reason(e)}") from None
+            problem = f"cannot use this certificate and key: {_reason(e)}"
+            raise ConfigError("listen.cert", problem) from None
     config = ListenConfig(**values)
     if config.tls == "optional" and not _is_loopback(config.address):
-        raise ConfigError("listen.tls", "'optional' is only allowed when listen.address is loopback")
+        raise ConfigError("listen.tls", "'optional' is only allowed on a loopback listen.address")
     if config.direct_tls_port == config.port:
         raise ConfigError("listen.direct_tls_port", "must differ from listen.port")
     return config
@@ -406,9 +410,11 @@ def _one_of(section: str, values: dict[str, Any], first: str, second: str) -> tu
     """Take whichever of two alternative keys is set; exactly one must be."""
     a, b = values.pop(first, None), values.pop(second, None)
     if a is None and b is None:
-        raise ConfigError(f"{section}.{first}", f"required key is missing (or set {section}.{second})")
+        problem = f"required key is missing (or set {section}.{second})"
+        raise ConfigError(f"{section}.{first}", problem)
     if a is not None and b is not None:
-        raise ConfigError(f"{section}.{second}", f"cannot be used together with {section}.{first}")
+        problem = f"cannot be used together with {section}.{first}"
+        raise ConfigError(f"{section}.{second}", problem)
     return (first, a) if a is not None else (second, b)
 
 

@@ -57,14 +57,14 @@ class Credentials:
         return tuple(keys.mechanism for keys in self.keys)
 
     def auth_info(self, mechanism: str) -> tuple[bytes, bytes, bytes, int]:
-        """``(salt, stored_key, server_key, iterations)``, the tuple scramp's ``auth_fn`` returns."""
+        """``(salt, stored_key, server_key, iterations)``: what scramp's ``auth_fn`` returns."""
         for keys in self.keys:
             if keys.mechanism == mechanism:
                 return keys.salt, keys.stored_key, keys.server_key, keys.iterations
         raise KeyError(f"no credentials for {mechanism}")
 
     def check_plain(self, password: str) -> bool:
-        """Whether ``password`` is right (SASL PLAIN): recompute StoredKey, compare in constant time."""
+        """SASL PLAIN check: recompute StoredKey and compare it in constant time."""
         keys = self.keys[0]
         try:
             derived = _derive(keys.mechanism, password, keys.iterations, keys.salt)

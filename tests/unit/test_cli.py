@@ -189,7 +189,7 @@ def test_hash_password_refuses_an_empty_password(
 
 # --- logging ------------------------------------------------------------------------------
 
-def test_json_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_lines() -> None:
     stream = io.StringIO()
     configure_logging("json", "info", stream=stream)
     log = structlog.get_logger()

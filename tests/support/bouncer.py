@@ -1,0 +1,117 @@
+"""The bouncer as a user runs it: ``python -m bouncer run -c FILE`` in a child process.
+
+Its JSON log lines are collected so tests wait for real events ("upstream
+established", "session bound") instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from support.prosody import Prosody, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DOWNSTREAM_PASSWORD = "downstream-secret"
+
+
+class Bouncer:
+    def __init__(self, base_dir: Path, prosody: Prosody, jid: str, password: str, **overrides: dict) -> None:
+        self.dir = Path(base_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prosody = prosody
+        self.jid = jid
+        self.port = free_port()
+        self.config_path = self.dir / "bouncer.yaml"
+        config = {
+            "upstream": {
+                "jid": jid,
+                "password": password,
+                "host": "127.0.0.1",
+                "port": prosody.port,
+                "tls": "starttls",
+                "ca_file": str(prosody.cert_path),
+            },
+            "listen": {"address": "127.0.0.1", "port": self.port},
+            "downstream": {"password": DOWNSTREAM_PASSWORD},
+            "storage": {"path": str(self.dir / "bouncer.sqlite")},
+            "log": {"format": "json", "level": "debug"},
+        }
+        for section, values in overrides.items():
+            config.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen | None = None
+        self.events: list[dict] = []
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+
+    def start(self, wait_upstream: bool = True, timeout: float = 20) -> "Bouncer":
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bouncer", "run", "-c", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self.wait_event("listening", timeout=timeout)
+        if wait_upstream:
+            self.wait_event("upstream established", timeout=timeout)
+        return self
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self._lines.append(line)
+                try:
+                    self.events.append(json.loads(line))
+                except ValueError:
+                    pass
+                self._cond.notify_all()
+
+    def count(self, event: str, **fields) -> int:
+        with self._cond:
+            return sum(1 for e in self.events if _matches(e, event, fields))
+
+    def wait_event(self, event: str, *, timeout: float = 15, after: int = 0, **fields) -> dict:
+        """Wait for the (after+1)-th log event called ``event`` with these fields."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.events if _matches(e, event, fields)]
+                if len(found) > after:
+                    return found[after]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc and self.proc.poll() is not None and not found):
+                    raise AssertionError(f"no {event!r} {fields} in bouncer log:\n{self.log_tail()}")
+                self._cond.wait(min(left, 0.5))
+
+    def log_tail(self, n: int = 40) -> str:
+        with self._cond:
+            return "".join(self._lines[-n:])
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"bouncer did not stop on SIGTERM:\n{self.log_tail()}")
+
+
+def _matches(entry: dict, event: str, fields: dict) -> bool:
+    return entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items())
