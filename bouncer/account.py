@@ -80,10 +80,8 @@ class Account:
             case UpstreamStanza(element):
                 self._run(self.router.from_upstream(element))
             case UpstreamEstablished(full_jid, resumed):
-                log.info("upstream established", jid=full_jid, resumed=resumed)
                 self._run(self.router.upstream_established(full_jid, resumed))
-            case UpstreamDown(reason):
-                log.warning("upstream down", reason=reason)
+            case UpstreamDown():
                 self.router.upstream_down()
 
     async def tick(self, interval: float = 1.0) -> None:

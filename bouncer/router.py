@@ -276,9 +276,14 @@ class Router:
             for upstream_id, entry in list(self.iqs.pending.items()):
                 del self.iqs.pending[upstream_id]
                 actions += self._iq_timeout_error(entry)
+            # Carbons bring copies of what the account's other real resources
+            # send; a roster get makes the session an "interested resource"
+            # that gets roster pushes (RFC 6121 §2.1.6).
             enable = stanza.make("iq", type="set", id=self.iqs.new_id())
             stanza.child(enable, ns.CARBONS, "enable")
-            actions.append(ToUpstream(enable))
+            roster = stanza.make("iq", type="get", id=self.iqs.new_id())
+            stanza.child(roster, ns.ROSTER, "query")
+            actions += [ToUpstream(enable), ToUpstream(roster)]
             actions += self._account_presence()
         while self.queue:
             actions.append(ToUpstream(self.queue.popleft()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from xml.etree import ElementTree
 
 from lxml import etree
 
@@ -55,9 +56,10 @@ PAYLOAD = (
 )
 
 
-def payload_c14n(msg: etree._Element) -> list[bytes]:
+def payload_c14n(msg: etree._Element) -> list[str]:
+    """The infoset of the unknown payloads (prefixes normalised: slixmpp renames them)."""
     return [
-        etree.tostring(child, method="c14n2")
+        ElementTree.canonicalize(etree.tostring(child), rewrite_prefixes=True)
         for child in msg
         if etree.QName(child).namespace in ("eu.siacs.conversations.axolotl", "urn:example:unknown")
     ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from xml.etree import ElementTree
+
 import slixmpp
 from lxml import etree
 
@@ -36,7 +38,8 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e["condition"]))
 
     def _record(self, stanza):
-        self.received.append(etree.fromstring(str(stanza).encode()))
+        # ElementTree renames prefixes (ns0:...); namespaces and everything else survive.
+        self.received.append(etree.fromstring(ElementTree.tostring(stanza.xml)))
         asyncio.ensure_future(self._notify())
         return stanza
 

@@ -44,7 +44,7 @@ _CONFIG = """\
 run_as_root = true
 pidfile = "{dir}/prosody.pid"
 data_path = "{dir}/data"
-log = {{ info = "{dir}/prosody.log" }}
+log = {{ {log_level} = "{dir}/prosody.log" }}
 
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
@@ -113,7 +113,7 @@ class Prosody:
     domain = DOMAIN
     muc_domain = MUC_DOMAIN
 
-    def __init__(self, base_dir: str | os.PathLike | None = None):
+    def __init__(self, base_dir: str | os.PathLike | None = None, *, log_level: str = "info"):
         self.dir = Path(tempfile.mkdtemp(prefix="prosody-", dir=base_dir))
         self.datadir = self.dir / "data"
         self.log_path = self.dir / "prosody.log"
@@ -127,6 +127,7 @@ class Prosody:
         self.direct_tls_port = free_port()
         while self.direct_tls_port == self.port:
             self.direct_tls_port = free_port()
+        self.log_level = log_level  # "debug" logs every stanza: for diagnosis
         self._proc: subprocess.Popen | None = None
         self._names = itertools.count(1)
         self._make_cert()
@@ -153,6 +154,7 @@ class Prosody:
         self.config_path.write_text(
             _CONFIG.format(
                 dir=self.dir,
+                log_level=self.log_level,
                 port=self.port,
                 direct_tls_port=self.direct_tls_port,
                 cert=self.cert_path,
