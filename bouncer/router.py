@@ -162,6 +162,7 @@ class Router:
             return self._upstream(el, session)
         first = session.presence is None and el.get("type") is None
         session.presence = None if el.get("type") == "unavailable" else el
+        el.set("to", session.jid)  # re-addressed to each sibling, as a server broadcasts
         others = tuple(r for r in self._available() if r != session.resource)
         actions: list[Action] = [Deliver(others, el)] if others else []
         if first:

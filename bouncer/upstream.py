@@ -344,10 +344,16 @@ class UpstreamLink:
         rescued = [token for token, state in self._tracked.items() if state is _RESCUE]
         if not rescued:
             return
-        for token in rescued:
-            del self._tracked[token]
+        # When the broker dies while handling a token, aioxmpp puts that token
+        # back into its queue (even if it was marked FAILED): after a
+        # resumption it sends it itself.
+        requeued = set(self._client.stream._active_queue._data)
         count = 0
         for token in rescued:
+            if token in requeued:
+                self._tracked[token] = StanzaState.ACTIVE
+                continue
+            del self._tracked[token]
             raw = token.stanza
             # On a new session the caller restores its presence state itself.
             if resumed or raw.resend_on_new_session:
@@ -674,14 +680,23 @@ class _RawStanzaStream(aioxmpp.stream.StanzaStream):
                 # super() will count it; it arrived before <enabled/>: undo.
                 self._sm_inbound_ctr = (self._sm_inbound_ctr - 1) & 0xFFFFFFFF
             super()._process_incoming(xmlstream, (stanza_obj, exc))
-        except RuntimeError as err:  # Workaround 2 (an <a/> to a dead TLS transport)
-            raise ConnectionError(f"transport failed: {err}") from err
+        except (RuntimeError, ConnectionError) as err:
+            self._bnc_transport_failed(err)  # e.g. an <a/> to a dead TLS transport
 
     def _process_outgoing(self, xmlstream, token):
         try:
             super()._process_outgoing(xmlstream, token)
-        except RuntimeError as err:  # Workaround 2 (an <r/> to a dead TLS transport)
-            raise ConnectionError(f"transport failed: {err}") from err
+        except (RuntimeError, ConnectionError) as err:
+            self._bnc_transport_failed(err)  # e.g. the <r/> after each batch
+
+    def _bnc_transport_failed(self, err):
+        """Workaround 2: aioopenssl raises RuntimeError when writing to a dead
+        TLS transport, which the Client does not take for a connection error."""
+        if self._bnc_closing:
+            return  # close() in progress: the stream is going away anyway
+        if isinstance(err, ConnectionError):
+            raise err
+        raise ConnectionError(f"transport failed: {err}") from err
 
     # Workaround 3: a stream that closes without an exception and without our
     # asking is a lost connection, not a clean stop.

@@ -1,42 +1,15 @@
-"""Fixtures for end-to-end tests: a bouncer process for a fresh account on the shared Prosody."""
+"""Fixtures for end-to-end tests (helpers live in integration_setup.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
-from support.bouncer import DOWNSTREAM_PASSWORD, Bouncer
-from support.prosody import Prosody
-
-
-@dataclass
-class Setup:
-    prosody: Prosody
-    bouncer: Bouncer
-    alice: str  # the bouncer's account (bare JID)
-    bob: str
-    bob_password: str
-    password: str = DOWNSTREAM_PASSWORD
-
-    @property
-    def port(self) -> int:
-        return self.bouncer.port
-
-
-def make_setup(prosody: Prosody, tmp_path, befriend: bool = False, **overrides) -> Setup:
-    alice, alice_pw = prosody.new_user("alice")
-    bob, bob_pw = prosody.new_user("bob")
-    if befriend:
-        from support.roster import befriend as write_roster
-
-        write_roster(prosody, alice, bob)
-    bouncer = Bouncer(tmp_path / "bouncer", prosody, alice, alice_pw, **overrides)
-    return Setup(prosody, bouncer, alice, bob, bob_pw)
+from integration_setup import make_setup
 
 
 @pytest.fixture
 def setup(prosody, tmp_path):
+    """A bouncer process for a fresh account on the shared Prosody, plus a contact bob."""
     s = make_setup(prosody, tmp_path)
     s.bouncer.start()
     yield s

@@ -8,6 +8,7 @@ from xml.etree import ElementTree
 
 from lxml import etree
 
+from integration_setup import make_setup
 from support.clients import body_is, close, connect
 
 CARBONS = "urn:xmpp:carbons:2"
@@ -188,3 +189,29 @@ def test_tls_is_required_on_the_listener(setup):
         while b"</stream:features>" not in data:
             data += sock.recv(4096)
     assert b"<required/>" in data and b"mechanisms" not in data
+
+
+async def test_direct_tls_login(prosody, tmp_path):
+    from support.prosody import free_port
+
+    port = free_port()
+    s = make_setup(prosody, tmp_path, listen={"direct_tls_port": port})
+    s.bouncer.start()
+    a = await connect(f"{s.alice}/direct", s.password, port, direct_tls=True)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    a.send_xml(f"<message to='{s.bob}' type='chat'><body>over direct TLS</body></message>")
+    await bob.wait_for(body_is("over direct TLS"))
+    await close(a, bob)
+    assert s.bouncer.stop() == 0
+
+
+async def test_same_resource_replaces_the_old_session(setup):
+    s = setup
+    first = await connect(f"{s.alice}/phone", s.password, s.port)
+    second = await connect(f"{s.alice}/phone", s.password, s.port)
+    await asyncio.wait_for(first.disconnected_event.wait(), 10)
+    assert "conflict" in first.stream_errors
+    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob.send_xml(f"<message to='{s.alice}' type='chat'><body>to the new phone</body></message>")
+    await second.wait_for(body_is("to the new phone"))
+    await close(second, bob)

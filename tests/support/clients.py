@@ -20,9 +20,15 @@ Predicate = Callable[[etree._Element], bool]
 
 
 class Client(slixmpp.ClientXMPP):
-    def __init__(self, jid: str, password: str, *, presence: bool = True, show: str | None = None) -> None:
+    def __init__(
+        self, jid: str, password: str, *, presence: bool = True, show: str | None = None, direct_tls: bool = False
+    ) -> None:
         super().__init__(jid, password)
         self.ssl_context = client_ssl_context()
+        # One way in per test, so that a test means the path it names.
+        self.enable_direct_tls = direct_tls
+        self.enable_starttls = not direct_tls
+        self.enable_plaintext = False
         self.received: list[etree._Element] = []
         self.auth_failed = asyncio.Event()
         self.started = asyncio.Event()

@@ -1,0 +1,85 @@
+"""Account presence as the server sees it, and surviving an upstream restart (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from support.clients import body_is, close, connect
+from integration_setup import make_setup
+
+
+def presence_from(prefix: str, *, show: str | None = "any", ptype: str | None = None):
+    def pred(el) -> bool:
+        if el.tag != "{jabber:client}presence" or not el.get("from", "").startswith(prefix):
+            return False
+        if el.get("type") != ptype:
+            return False
+        return show == "any" or el.findtext("{jabber:client}show") == show
+
+    return pred
+
+
+async def test_server_sees_most_available_then_idle_never_unavailable(prosody, tmp_path):
+    s = make_setup(prosody, tmp_path, befriend=True, presence={"idle_show": "xa"})
+    s.bouncer.start()
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    # nobody connected yet: the account is online with the idle presence
+    await bob.wait_for(presence_from(s.alice, show="xa"))
+
+    async def step(action, show):
+        """Do ``action``, then wait for bob to see the account change to ``show``."""
+        mark = len(bob.received)
+        result = await action()
+        await bob.wait_for(presence_from(s.alice, show=show), start=mark)
+        return result
+
+    b = await step(lambda: connect(f"{s.alice}/B", s.password, s.port, show="away"), "away")
+    a = await step(lambda: connect(f"{s.alice}/A", s.password, s.port), None)  # A available wins
+    await step(lambda: close(a), "away")  # B is left
+    await step(lambda: close(b), "xa")  # nobody: idle, not unavailable
+    assert bob.matching(presence_from(s.alice, ptype="unavailable")) == []
+    await close(bob)
+    assert s.bouncer.stop() == 0
+
+
+async def test_upstream_restart_keeps_sessions_and_delivers_after(prosody_factory, tmp_path):
+    server = prosody_factory()
+    server.start()
+    s = make_setup(server, tmp_path)
+    s.bouncer.start()
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    b = await connect(f"{s.alice}/B", s.password, s.port)
+    server.kill()
+    s.bouncer.wait_event("upstream down")
+    server.start()
+    s.bouncer.wait_event("upstream established", after=1, timeout=30)
+    assert not a.disconnected_event.is_set() and not b.disconnected_event.is_set()
+    bob = await connect(s.bob, s.bob_password, server.port)
+    bob.send_xml(f"<message to='{s.alice}' type='chat'><body>after the restart</body></message>")
+    await a.wait_for(body_is("after the restart"), timeout=15)
+    await b.wait_for(body_is("after the restart"), timeout=15)
+    a.send_xml(f"<message to='{s.bob}' type='chat'><body>A is back too</body></message>")
+    await bob.wait_for(body_is("A is back too"))
+    await close(a, b, bob)
+    assert s.bouncer.stop() == 0
+
+
+async def test_messages_sent_while_upstream_is_down_are_delivered_after(prosody_factory, tmp_path):
+    server = prosody_factory()
+    server.start()
+    s = make_setup(server, tmp_path)
+    s.bouncer.start()
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    server.kill()
+    s.bouncer.wait_event("upstream down")
+    a.send_xml(f"<message to='{s.bob}' type='chat'><body>queued while down</body></message>")
+    a.send_xml(f"<iq type='get' id='ping-down' to='{server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    err = await a.wait_for(lambda el: el.get("id") == "ping-down")
+    assert err.get("type") == "error" and err.find(".//{urn:ietf:params:xml:ns:xmpp-stanzas}remote-server-timeout") is not None
+    server.start()
+    s.bouncer.wait_event("upstream established", after=1, timeout=30)
+    bob = await connect(s.bob, s.bob_password, server.port)
+    # Prosody stored it offline for bob (he was not online): it arrives at his login
+    await bob.wait_for(body_is("queued while down"), timeout=15)
+    await close(a, bob)
+    assert s.bouncer.stop() == 0
