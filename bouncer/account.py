@@ -61,9 +61,41 @@ class Account:
         self._run(self.router.from_session(conn.resource, el, self._clock()))
 
     def nonza(self, conn: Connection, el: etree._Element) -> None:
-        """CSI and other nonzas: accepted and ignored until their features exist."""
-        if el.tag not in (ns.q(ns.CSI, "active"), ns.q(ns.CSI, "inactive")):
+        """CSI state is recorded (its filtering comes with SPEC §9); anything else is refused."""
+        if el.tag in (ns.q(ns.CSI, "active"), ns.q(ns.CSI, "inactive")):
+            conn.csi_active = el.tag == ns.q(ns.CSI, "active")
+        else:
             conn.stream_error("unsupported-stanza-type", f"unexpected {el.tag}")
+
+    def status(self) -> dict:
+        """What ``bouncer status`` shows: upstream, sessions (JSON-ready)."""
+        link = self.upstream
+        return {
+            "account": self.router.account,
+            "upstream": {
+                "connected": bool(getattr(link, "connected", False)),
+                "jid": getattr(link, "jid", None),
+                "server": getattr(link, "server", None),
+                "connected_since": getattr(link, "connected_since", None),
+                "reconnects": getattr(link, "reconnects", 0),
+                "queued": len(self.router.queue),
+            },
+            "sessions": [
+                {
+                    "resource": resource,
+                    "client": conn.address,
+                    "since": conn.since,
+                    "available": self.router.sessions[resource].presence is not None,
+                    "csi": "active" if conn.csi_active else "inactive",
+                    "sm": None,
+                    "rooms": [],
+                }
+                for resource, conn in self.connections.items()
+                if resource in self.router.sessions
+            ],
+            "rooms": [],
+            "stored": len(self.offline.pending()),
+        }
 
     def connection_closed(self, conn: Connection) -> None:
         self._flushing.pop(conn, None)

@@ -55,7 +55,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Literal, Union
+from typing import Callable, Literal
 
 import aiosasl
 import lxml.sax
@@ -129,7 +129,7 @@ class UpstreamStanza:
     element: etree._Element
 
 
-UpstreamEvent = Union[UpstreamEstablished, UpstreamDown, UpstreamStanza]
+UpstreamEvent = UpstreamEstablished | UpstreamDown | UpstreamStanza
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,9 @@ class UpstreamLink:
 
     ``on_event`` is called synchronously on the event loop with
     :class:`UpstreamEstablished`, :class:`UpstreamDown` (only after an
-    Established, including once for :meth:`stop`) and :class:`UpstreamStanza`.
+    Established, including once for :meth:`stop`) and :class:`UpstreamStanza`
+    (only while connected: stanzas parsed during (re-)establishment, such as
+    retransmissions on resumption, follow right after the Established).
 
     Reconnection: exponential backoff ``backoff_base * backoff_factor**n``
     capped at ``backoff_cap`` seconds, with jitter (each delay is drawn from
@@ -235,6 +237,7 @@ class UpstreamLink:
         # Tokens of stanzas we enqueued whose fate is still open, in send order,
         # mapped to their last state; _RESCUE marks those to send again.
         self._tracked: dict[aioxmpp.stream.StanzaToken, object] = {}
+        self._held: list[etree._Element] = []  # inbound, waiting for Established
 
         self.jid: str | None = None
         self.reconnects = 0
@@ -290,6 +293,7 @@ class UpstreamLink:
                 task.cancel()
                 await asyncio.wait([task], timeout=1.0)
         self._tracked.clear()
+        self._held.clear()
         self._mark_down("stopped")
         self.log.info("upstream stopped")
 
@@ -370,7 +374,12 @@ class UpstreamLink:
             self.log.exception("upstream on_event handler failed", event=type(event).__name__)
 
     def _deliver(self, element: etree._Element) -> None:
-        self._emit(UpstreamStanza(element))
+        if self._connected:
+            self._emit(UpstreamStanza(element))
+        else:
+            # Parsed while the stream is being (re-)established, e.g. stanzas
+            # retransmitted on resumption: delivered right after Established.
+            self._held.append(element)
 
     def _stream_up(self, client: "_Client", resumed: bool, transport) -> None:
         self._connected = True
@@ -384,6 +393,9 @@ class UpstreamLink:
         self.server = _describe_peer(transport)
         self.log.info("upstream established", jid=self.jid, resumed=resumed, server=self.server)
         self._emit(UpstreamEstablished(self.jid, resumed))
+        held, self._held = self._held, []
+        for element in held:
+            self._emit(UpstreamStanza(element))
         if self._client is client:
             self._resend_rescued(resumed)
 

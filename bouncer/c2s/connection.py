@@ -56,6 +56,7 @@ class Connection:
         self.resource: str | None = None
         self.token: int | None = None
         self.since = time.time()
+        self.csi_active = True  # XEP-0352: a session starts active
         self.log = log.bind(client=self.address)
 
     @property

@@ -50,7 +50,7 @@ WAIT = 10.0  # upper bound for any single expected event
 
 
 class Inbox:
-    """A list whose items can be awaited by predicate (no polling)."""
+    """A list whose items can be awaited (no polling)."""
 
     def __init__(self):
         self.items: list = []
@@ -60,31 +60,31 @@ class Inbox:
         self.items.append(item)
         for waiter in list(self._waiters):
             check, fut = waiter
-            if not fut.done() and check(self):
-                fut.set_result(None)
+            if not fut.done() and check(item):
+                fut.set_result(item)
                 self._waiters.remove(waiter)
 
-    async def until(self, check, timeout: float = WAIT) -> None:
-        """Wait until ``check(self)`` is true."""
-        if check(self):
-            return
+    async def _park(self, check, timeout: float):
         fut = asyncio.get_running_loop().create_future()
         waiter = (check, fut)
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, timeout)
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
     async def wait(self, pred, *, start: int = 0, timeout: float = WAIT):
         """The first item from index ``start`` on that satisfies ``pred``."""
+        for item in self.items[start:]:
+            if pred(item):
+                return item
+        return await self._park(pred, timeout)
 
-        def find(box):
-            return next((i for i in box.items[start:] if pred(i)), None) is not None
-
-        await self.until(find, timeout)
-        return next(i for i in self.items[start:] if pred(i))
+    async def until(self, condition, timeout: float = WAIT) -> None:
+        """Wait until ``condition(self)`` holds (checked at each new item)."""
+        if not condition(self):
+            await self._park(lambda _item: condition(self), timeout)
 
     def count(self, pred) -> int:
         return sum(1 for i in self.items if pred(i))
@@ -434,6 +434,8 @@ async def test_stanzas_before_sm_enabled_are_not_counted(prosody, monkeypatch):
         await link.start()
         await events.wait(established)
         monkeypatch.undo()
+        # The early messages arrived during negotiation; held until Established.
+        assert established(events.items[0])
         for i in range(3):  # each round trip exchanges <r/> and <a h=.../> both ways
             await ping_roundtrip(link, events, f"bnc-after-{i}")
         assert link._client.stream._sm_enabled
