@@ -15,7 +15,8 @@ import structlog
 from lxml import etree
 
 from bouncer import jid, ns, stanza
-from bouncer.router import CloseSession, Deliver, FlushStored, Router, Store, ToUpstream
+from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
+from bouncer.router import Router
 from bouncer.storage.offline import OfflineStore
 from bouncer.upstream import UpstreamDown, UpstreamEstablished, UpstreamEvent, UpstreamStanza
 

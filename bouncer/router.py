@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from bouncer import carbons, jid, local_iq, ns, presence, stanza
+from bouncer.actions import Action, CloseSession, Deliver, FlushStored, Store, ToUpstream
 from bouncer.iqtrack import IqTracker
 from bouncer.ns import q
 
@@ -25,44 +26,6 @@ Element = etree._Element
 # Ids of IQs the bouncer itself sends to its sessions (roster pushes it already
 # answered upstream): the sessions' answers to them stop here.
 LOCAL_PUSH_PREFIX = "bncpush-"
-
-
-@dataclass(frozen=True)
-class ToUpstream:
-    element: Element
-
-
-@dataclass(frozen=True)
-class Deliver:
-    """Send ``element`` to these sessions; a ``to`` naming any full JID of the
-    account is re-addressed to each session's own full JID."""
-
-    resources: tuple[str, ...]
-    element: Element
-
-
-@dataclass(frozen=True)
-class Store:
-    """Keep this stanza for the next session (nobody is connected, SPEC §5)."""
-
-    element: Element
-
-
-@dataclass(frozen=True)
-class FlushStored:
-    """Deliver what was stored to this session, which just became available."""
-
-    resource: str
-
-
-@dataclass(frozen=True)
-class CloseSession:
-    resource: str
-    token: int
-    condition: str
-
-
-Action = ToUpstream | Deliver | Store | FlushStored | CloseSession
 
 
 @dataclass

@@ -7,10 +7,10 @@ aioxmpp provides the connection, TLS, SASL, resource binding and XEP-0198
 
 * Inbound, a raw parser sits in the XML stream's tag map for message, presence
   and iq and turns each stanza into a detached lxml element (full infoset,
-  namespaces clean). It is wrapped in :class:`RawStanza`, a ``StanzaBase``, so
-  the StanzaStream still counts it for stream management, and then handed to
-  ``on_event`` instead of being dispatched inside aioxmpp. Only IQ results and
-  errors answering IQs that aioxmpp itself sent (bind, its pings) are parsed by
+  namespaces clean), wrapped in :class:`RawStanza` (a ``StanzaBase``). The
+  stream counts it for stream management as it is parsed and hands it to
+  ``on_event``; aioxmpp never dispatches it. Only IQ results and errors
+  answering IQs that aioxmpp itself sent (bind, its pings) are parsed by
   aioxmpp; IQ get/set from the server reach the bouncer, aioxmpp never answers
   them.
 * Outbound, the caller's element is serialised once (lxml) and enqueued as a
@@ -23,8 +23,8 @@ tests/integration/test_upstream.py):
 
 1. SM counter race at enable: stanzas parsed between the bind result and
    ``<enabled/>`` were counted after SM started, so the client over-acked and
-   Prosody closed the stream. Each queued stanza now remembers whether SM was
-   enabled when it was *parsed*; those parsed before are not counted.
+   Prosody closed the stream. Raw stanzas are now counted (and delivered) when
+   they are parsed; aioxmpp's own carry the SM state at parse time.
 2. ``RuntimeError`` from aioopenssl when ``<r/>``/``<a/>`` is written to a dead
    TLS transport killed the Client: converted to ``ConnectionError``.
 3. A local ``transport.abort()`` or a peer EOF without ``</stream>`` closes the
@@ -382,6 +382,8 @@ class UpstreamLink:
             self._held.append(element)
 
     def _stream_up(self, client: "_Client", resumed: bool, transport) -> None:
+        if self._stopping:
+            return  # stop() raced with the negotiation: it is closing this stream
         self._connected = True
         self._up_since_mono = time.monotonic()
         self.connected_since = time.time()
@@ -667,10 +669,21 @@ class _RawStanzaStream(aioxmpp.stream.StanzaStream):
         for cls in (aioxmpp.stanza.IQ, aioxmpp.stanza.Message, aioxmpp.stanza.Presence):
             tag_map[cls.TAG] = (self._bnc_parser, receiver)
 
-    # Workaround 1: remember whether SM was enabled when the stanza was parsed.
-    # XEP-0198 counts from <enabled/>; start_sm() holds the broker lock while
-    # waiting for it, so stanzas parsed earlier are processed after it.
+    # Workaround 1 (SM counter race at enable). XEP-0198 counts the stanzas
+    # received after <enabled/>, and <enabled/> is handled synchronously when
+    # it is parsed; but start_sm() holds the broker lock while waiting for it,
+    # so stock aioxmpp processed (and counted) stanzas parsed earlier only
+    # afterwards. Raw stanzas are therefore counted and delivered right here,
+    # when parsed; the others carry the SM state at parse time in the queue.
+    # Delivering at parse time also means that stanzas received just before
+    # the connection dies are not lost (stock aioxmpp drops its unprocessed
+    # queue when the stream stops).
     def recv_stanza(self, stanza):
+        if type(stanza) is RawStanza:
+            if self._sm_enabled:
+                self._sm_inbound_ctr = (self._sm_inbound_ctr + 1) & 0xFFFFFFFF
+            self._bnc_deliver(stanza.el)
+            return
         self._incoming_queue.put_nowait((stanza, None, self._sm_enabled))
 
     def recv_erroneous_stanza(self, partial_obj, exc):
@@ -679,11 +692,6 @@ class _RawStanzaStream(aioxmpp.stream.StanzaStream):
     def _process_incoming(self, xmlstream, queue_entry):
         stanza_obj, exc, counted = queue_entry
         try:
-            if type(stanza_obj) is RawStanza:
-                if counted and self._sm_enabled:
-                    self._sm_inbound_ctr = (self._sm_inbound_ctr + 1) & 0xFFFFFFFF
-                self._bnc_deliver(stanza_obj.el)
-                return
             if (
                 not counted
                 and self._sm_enabled

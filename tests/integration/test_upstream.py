@@ -283,8 +283,15 @@ async def test_connect_ping_and_clean_stop(prosody, tls):
     await link.stop()
     assert events.items[-1] == UpstreamDown("stopped")
     assert not link.connected and link.send(ping("bnc-late")) is False
-    # A clean close: Prosody got </stream> and did not keep the session for resumption.
-    assert "Client disconnected: connection closed" in prosody.log_text()
+    # A clean close (</stream>): Prosody ended the session instead of keeping
+    # it for resumption, so an IQ to its full JID bounces at once.
+    bob_jid, bob_pw = prosody.new_user("bob")
+    bob = await Peer.connect(prosody, bob_jid, bob_pw)
+    try:
+        bob.send(ping("after-stop", to=f"{jid}/bouncer"))
+        assert (await bob.wait(has_id("after-stop"))).get("type") == "error"
+    finally:
+        bob.close()
 
 
 async def test_untrusted_certificate_is_refused_and_retried(prosody):
@@ -293,7 +300,6 @@ async def test_untrusted_certificate_is_refused_and_retried(prosody):
     stopped stock aioxmpp for good; the link keeps retrying instead."""
     jid, password = prosody.new_user("alice")
     link, events = make_link(prosody, jid, password, tls="starttls", verify=True, ca_file=None)
-    link.settings  # noqa: B018 - verify defaults to True
     attempts = count_attempts(link)
     await link.start()
     await attempts.until(lambda box: len(box.items) >= 6)

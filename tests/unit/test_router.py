@@ -5,7 +5,8 @@ from __future__ import annotations
 from lxml import etree
 
 from bouncer import ns
-from bouncer.router import CloseSession, Deliver, FlushStored, Router, RouterSettings, Store, ToUpstream
+from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
+from bouncer.router import Router, RouterSettings
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
