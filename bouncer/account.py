@@ -38,7 +38,7 @@ class Account:
         self.offline = offline
         self.upstream: Upstream | None = None
         self.connections: dict[str, Connection] = {}  # bound sessions by resource
-        self._clock = time.monotonic
+        self._clock = time.time  # wall clock: it stamps archived messages too
         # Stored ids written to a session's queue but not yet to its socket: not
         # handed to another session meanwhile, and back in play if this one dies.
         self._flushing: dict[Connection, list[int]] = {}
@@ -89,12 +89,12 @@ class Account:
                     "available": self.router.sessions[resource].presence is not None,
                     "csi": "active" if conn.csi_active else "inactive",
                     "sm": None,
-                    "rooms": [],
+                    "rooms": self._rooms_of(resource),
                 }
                 for resource, conn in self.connections.items()
                 if resource in self.router.sessions
             ],
-            "rooms": [],
+            "rooms": self.router.muc.status() if self.router.muc is not None else [],
             "stored": len(self.offline.pending()),
         }
 
@@ -111,7 +111,7 @@ class Account:
     def on_upstream(self, event: UpstreamEvent) -> None:
         match event:
             case UpstreamStanza(element):
-                self._run(self.router.from_upstream(element))
+                self._run(self.router.from_upstream(element, self._clock()))
             case UpstreamEstablished(full_jid, resumed):
                 self._run(self.router.upstream_established(full_jid, resumed))
             case UpstreamDown():
@@ -126,6 +126,10 @@ class Account:
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):
             conn.stream_error("system-shutdown")
+
+    def _rooms_of(self, resource: str) -> list[str]:
+        muc = self.router.muc
+        return [] if muc is None else sorted(r.jid for r in muc.rooms.values() if resource in r.sessions)
 
     # ---- executing the Router's decisions --------------------------------------
     def _run(self, actions: list) -> None:

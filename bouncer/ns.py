@@ -23,7 +23,9 @@ HINTS = "urn:xmpp:hints"
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 CSI = "urn:xmpp:csi:0"
 MAM_NAMESPACES = ("urn:xmpp:mam:2", "urn:xmpp:mam:1")
+MUC = "http://jabber.org/protocol/muc"
 MUC_USER = "http://jabber.org/protocol/muc#user"
+STANZA_ID = "urn:xmpp:sid:0"
 
 
 def q(ns: str, local: str) -> str:

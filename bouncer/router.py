@@ -19,6 +19,7 @@ from lxml import etree
 from bouncer import carbons, jid, local_iq, ns, presence, stanza
 from bouncer.actions import Action, CloseSession, Deliver, FlushStored, Store, ToUpstream
 from bouncer.iqtrack import IqTracker
+from bouncer.muc.routing import MucRouter
 from bouncer.ns import q
 
 Element = etree._Element
@@ -55,6 +56,7 @@ class Router:
     contacts: dict[str, Element] = field(default_factory=dict)  # full JID -> available presence
     peers: dict[str, str] = field(default_factory=dict)  # bare JID -> session that last wrote to it
     queue: deque[Element] = field(default_factory=deque)
+    muc: MucRouter | None = None
     iqs: IqTracker = field(init=False)
     _sent_presence: bytes | None = None
     _tokens: itertools.count = field(default_factory=itertools.count)
@@ -87,7 +89,7 @@ class Router:
             return []  # already replaced by a newer bind
         del self.sessions[resource]
         self.iqs.drop_session(resource)
-        actions: list[Action] = []
+        actions: list[Action] = self.muc.session_gone(resource) if self.muc is not None else []
         if session.presence is not None:
             gone = stanza.make("presence", type="unavailable", from_=session.jid)
             actions.append(Deliver(self._available(), gone))
@@ -101,6 +103,10 @@ class Router:
         to = el.get("to")
         if to is not None and self._is_sibling(to):
             return [Deliver((jid.resource(to),), el)]  # type: ignore[arg-type]
+        if self.muc is not None and self.muc.wants_outgoing(el):
+            decided = self.muc.from_session(resource, session.jid, el, now)
+            if decided is not None:
+                return decided
         if el.tag == stanza.MESSAGE:
             return self._session_message(session, el)
         if el.tag == stanza.PRESENCE:
@@ -153,12 +159,19 @@ class Router:
         if not self.upstream_up:
             return [Deliver((session.resource,), stanza.error_reply(el, "remote-server-timeout", "upstream is reconnecting"))]
         disco = local_iq.is_disco_info_get(el) and (to is None or jid.bare(to) in (self.account, jid.domain(self.account)))
-        return [ToUpstream(self.iqs.outbound(_without_from(el), session.resource, now, disco=disco))]
+        return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, disco=disco))]
 
     # ---- from upstream -----------------------------------------------------
-    def from_upstream(self, el: Element) -> list[Action]:
+    def from_upstream(self, el: Element, now: float) -> list[Action]:
         if el.tag == stanza.IQ:
             return self._upstream_iq(el)
+        owner = self.iqs.mam_result(el) if el.tag == stanza.MESSAGE else None
+        if owner is not None:
+            return [Deliver((owner,), el)] if owner in self.sessions else []
+        if self.muc is not None and self.muc.wants_incoming(el):
+            decided = self.muc.from_upstream(el, now)
+            if decided is not None:
+                return decided
         if el.tag == stanza.MESSAGE:
             return self._upstream_message(el)
         if el.tag == stanza.PRESENCE:
@@ -201,9 +214,6 @@ class Router:
         return available[-1] if available else None
 
     def _upstream_message(self, el: Element) -> list[Action]:
-        owner = self.iqs.mam_result(el)
-        if owner is not None:
-            return [Deliver((owner,), el)] if owner in self.sessions else []
         if carbons.is_carbon(el) and jid.same_bare(el.get("from"), self.account) and jid.resource(el.get("from", "")) is None:
             targets = tuple(r for r, s in self.sessions.items() if s.carbons and s.presence is not None)
             return [Deliver(targets, el)] if targets else [Store(el)]
@@ -249,6 +259,8 @@ class Router:
             stanza.child(roster, ns.ROSTER, "query")
             actions += [ToUpstream(enable), ToUpstream(roster)]
             actions += self._account_presence()
+            if self.muc is not None:
+                actions += self.muc.rejoin_all()
         while self.queue:
             actions.append(ToUpstream(self.queue.popleft()))
         return actions
@@ -273,9 +285,9 @@ class Router:
     def _upstream(self, el: Element, session: Session) -> list[Action]:
         """Send upstream now, or queue while it reconnects; past the cap, say so."""
         if self.upstream_up:
-            return [ToUpstream(_without_from(el))]
+            return [ToUpstream(stanza.without_from(el))]
         if len(self.queue) < self.settings.upstream_queue:
-            self.queue.append(_without_from(el))
+            self.queue.append(stanza.without_from(el))
             return []
         if stanza.is_error_or_result(el):
             return []  # errors and results are never answered
@@ -299,12 +311,6 @@ class Router:
     def _is_sibling(self, to: str) -> bool:
         res = jid.resource(to)
         return res is not None and res in self.sessions and jid.same_bare(to, self.account)
-
-
-def _without_from(el: Element) -> Element:
-    """Upstream, the server stamps ``from`` itself; a downstream JID means nothing there."""
-    el.attrib.pop("from", None)
-    return el
 
 
 def _from_account_or_server(el: Element, account: str) -> bool:

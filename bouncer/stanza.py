@@ -111,6 +111,12 @@ def iq_result(el: Element) -> Element:
     return make("iq", type="result", id=el.get("id"), to=el.get("from"), from_=el.get("to"))
 
 
+def without_from(el: Element) -> Element:
+    """Drop ``from`` for upstream: the server stamps it, a downstream JID means nothing there."""
+    el.attrib.pop("from", None)
+    return el
+
+
 def is_error_or_result(el: Element) -> bool:
     """Errors and results are never answered (RFC 6120 §8.3.1, §8.2.3)."""
     return el.get("type") in ("error", "result")

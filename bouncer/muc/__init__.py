@@ -1,0 +1,1 @@
+"""Account-level MUC (SPEC §6): rooms joined once upstream, joins answered locally, traffic fanned out."""

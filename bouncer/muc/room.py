@@ -1,0 +1,114 @@
+"""The cached state of one room the account is in (or joining), as Prosody's MUC keeps it.
+
+Occupants by nick, our own self-presence, the subject, and which downstream
+sessions joined. Every occupant presence from the room updates it, so that a
+late session's replay is always exact (SPEC §6.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from lxml import etree
+
+from bouncer import jid, ns, stanza
+from bouncer.ns import q
+
+Element = etree._Element
+
+
+
+class Phase(Enum):
+    JOINING = auto()  # join sent upstream, self-presence not yet back
+    JOINED = auto()  # self-presence seen; history and subject follow
+
+
+@dataclass
+class JoinRequest:
+    """A session's join presence, kept until it is answered."""
+
+    resource: str
+    nick: str
+    presence_id: str | None
+    history: Element | None  # the client's <history/> element, if any
+
+
+@dataclass
+class Room:
+    jid: str
+    nick: str
+    password: str | None = None
+    phase: Phase = Phase.JOINING
+    occupants: dict[str, Element] = field(default_factory=dict)  # other nicks -> presence
+    self_presence: Element | None = None
+    subject: Element | None = None
+    sessions: set[str] = field(default_factory=set)  # joined downstream resources
+    pending: dict[str, JoinRequest] = field(default_factory=dict)  # waiting for the upstream join
+    session_presence: dict[str, Element] = field(default_factory=dict)  # for the aggregate (§6.7)
+    sent_presence: bytes | None = None
+    nick_change_by: str | None = None  # session that asked for a nick change
+    last_message: float | None = None
+
+    @property
+    def occupant_jid(self) -> str:
+        return f"{self.jid}/{self.nick}"
+
+    def audience(self) -> tuple[str, ...]:
+        """Sessions that get room traffic: joined ones and those whose join is under way."""
+        return tuple(sorted(self.sessions | set(self.pending)))
+
+
+def muc_user(el: Element) -> Element | None:
+    return stanza.find(el, ns.MUC_USER, "x")
+
+
+def status_codes(el: Element) -> set[str]:
+    x = muc_user(el)
+    if x is None:
+        return set()
+    return {s.get("code", "") for s in x.iter(q(ns.MUC_USER, "status"))}
+
+
+def is_join(el: Element) -> bool:
+    """A presence carrying ``<x xmlns='http://jabber.org/protocol/muc'>``: a join (XEP-0045 §7.2)."""
+    return el.tag == stanza.PRESENCE and stanza.find(el, ns.MUC, "x") is not None and el.get("type") is None
+
+
+def new_nick(el: Element) -> str | None:
+    """The new nick announced in a 303 unavailable presence."""
+    x = muc_user(el)
+    item = None if x is None else x.find(q(ns.MUC_USER, "item"))
+    return None if item is None else item.get("nick")
+
+
+def is_self_presence(room: Room, el: Element) -> bool:
+    return "110" in status_codes(el) or el.get("from") == room.occupant_jid
+
+
+def track_occupant(room: Room, el: Element) -> None:
+    """Update the occupant cache from a presence of another occupant."""
+    nick = jid.resource(el.get("from", ""))
+    if nick is None:
+        return
+    if el.get("type") == "unavailable":
+        room.occupants.pop(nick, None)
+    elif el.get("type") is None:
+        room.occupants[nick] = el
+
+
+def subject_message(el: Element) -> bool:
+    """A room subject: a groupchat message with ``<subject/>`` and no body (XEP-0045 §8.1)."""
+    return (
+        el.get("type") == "groupchat"
+        and stanza.find(el, ns.CLIENT, "subject") is not None
+        and stanza.find(el, ns.CLIENT, "body") is None
+    )
+
+
+def stanza_id(el: Element, room_jid: str) -> str | None:
+    """The room's XEP-0359 stanza-id (``by`` the room), which the archive keys on."""
+    for sid in el.iter(q(ns.STANZA_ID, "stanza-id")):
+        if sid.get("by") == room_jid:
+            return sid.get("id")
+    return None

@@ -1,0 +1,315 @@
+"""Account-level MUC decisions (SPEC §6): join once upstream, answer later joins
+locally, fan room traffic out to the sessions that joined, archive it first.
+
+Like the Router, this returns actions and touches no socket; it reads and
+writes the room archive directly, because whether a message is new (its
+stanza-id not yet archived) decides whether it is fanned out at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from bouncer import carbons, jid, ns, presence, stanza
+from bouncer.actions import Action, Deliver, ToUpstream
+from bouncer.muc import history, replay
+from bouncer.muc.room import (
+    JoinRequest,
+    Phase,
+    Room,
+    is_join,
+    is_self_presence,
+    new_nick,
+    stanza_id,
+    status_codes,
+    subject_message,
+    track_occupant,
+)
+from bouncer.ns import q
+from bouncer.storage.archive import HeldRoom, RoomArchive
+
+Element = etree._Element
+
+
+@dataclass
+class MucSettings:
+    history_default: int = 20  # messages on a local join without <history/>
+    leave_when_unused: bool = False  # leave upstream when the last session leaves
+
+
+@dataclass
+class MucRouter:
+    archive: RoomArchive
+    settings: MucSettings = field(default_factory=MucSettings)
+    rooms: dict[str, Room] = field(default_factory=dict)
+
+    def restore(self) -> None:
+        """Rooms held before a restart: joined again once upstream is up."""
+        for held in self.archive.held():
+            self.rooms[held.jid] = Room(held.jid, held.nick, held.password)
+
+    # ---- classification ------------------------------------------------------
+    def wants_outgoing(self, el: Element) -> bool:
+        to = el.get("to")
+        if to is None or jid.localpart(to) is None:
+            return False
+        return jid.bare(to) in self.rooms or is_join(el)
+
+    def wants_incoming(self, el: Element) -> bool:
+        return jid.bare(el.get("from", "")) in self.rooms
+
+    # ---- from sessions ---------------------------------------------------------
+    def from_session(self, resource: str, session_jid: str, el: Element, now: float) -> list[Action] | None:
+        """Decide for a stanza a session sent to a room; None: not a room matter."""
+        if el.tag == stanza.PRESENCE:
+            return self._session_presence(resource, session_jid, el, now)
+        room = self.rooms.get(jid.bare(el.get("to", "")))
+        if room is None:
+            return None
+        if el.tag == stanza.IQ and _is_ping(el) and el.get("to") == room.occupant_jid:
+            return [Deliver((resource,), self_ping_answer(room, resource, el))]
+        if el.tag == stanza.MESSAGE and el.get("type") == "chat" and jid.resource(el.get("to", "")):
+            # A private message: copied to the sibling sessions in that room (SPEC §13).
+            siblings = tuple(r for r in room.sessions if r != resource)
+            return ([Deliver(siblings, carbons.sent_carbon(el, jid.bare(session_jid)))] if siblings else []) + [
+                ToUpstream(stanza.without_from(el))
+            ]
+        return None
+
+    def _session_presence(self, resource: str, session_jid: str, el: Element, now: float) -> list[Action] | None:
+        to = el.get("to", "")
+        room_jid, nick = jid.bare(to), jid.resource(to)
+        room = self.rooms.get(room_jid)
+        if el.get("type") == "unavailable":
+            return None if room is None else self._leave(room, resource, session_jid)
+        if el.get("type") is not None or nick is None:
+            return None if room is None else [ToUpstream(stanza.without_from(el))]
+        req = _join_request(resource, nick, el)
+        if room is None:
+            return self._first_join(room_jid, req, el)
+        room.session_presence[resource] = el
+        if room.phase is Phase.JOINING:
+            room.pending[resource] = req
+            return [Deliver((resource,), p) for p in room.occupants.values()]
+        if resource in room.sessions and not is_join(el):
+            if nick != room.nick:
+                room.nick_change_by = resource
+                return [ToUpstream(stanza.without_from(stanza.clone(el)))]
+            return self._room_presence(room)
+        return self._local_join(room, req, now) + self._room_presence(room)
+
+    def _first_join(self, room_jid: str, req: JoinRequest, el: Element) -> list[Action]:
+        x = stanza.find(el, ns.MUC, "x")
+        password = None if x is None else x.findtext(q(ns.MUC, "password"))
+        room = Room(room_jid, req.nick, password)
+        room.pending[req.resource] = req
+        room.session_presence[req.resource] = el
+        room.sent_presence = stanza.serialize(_room_presence_of(room, [el]))
+        self.rooms[room_jid] = room
+        return [ToUpstream(stanza.without_from(stanza.clone(el)))]
+
+    def _local_join(self, room: Room, req: JoinRequest, now: float) -> list[Action]:
+        wanted = history.parse_request(req.history)
+        past = history.select(self.archive, room.jid, wanted, now, self.settings.history_default)
+        room.sessions.add(req.resource)
+        return [Deliver((req.resource,), el) for el in replay.join_answer(room, req, past)]
+
+    def _leave(self, room: Room, resource: str, session_jid: str) -> list[Action]:
+        was_in = resource in room.sessions or resource in room.pending
+        self._forget_session(room, resource)
+        actions: list[Action] = [Deliver((resource,), replay.leave_presence(room, session_jid))] if was_in else []
+        if not room.audience() and self.settings.leave_when_unused:
+            return actions + self.leave_room(room.jid)
+        return actions + self._room_presence(room)
+
+    def leave_room(self, room_jid: str) -> list[Action]:
+        """Account-level leave: the account itself goes (SPEC §6.3)."""
+        room = self.rooms.pop(room_jid, None)
+        if room is None:
+            return []
+        self.archive.release(room_jid)
+        gone = stanza.make("presence", type="unavailable", to=room.occupant_jid)
+        actions: list[Action] = [ToUpstream(gone)]
+        for resource in room.audience():
+            actions.append(Deliver((resource,), replay.leave_presence(room, f"{room.jid}/{resource}")))
+        return actions
+
+    def session_gone(self, resource: str) -> list[Action]:
+        """A session disconnected without leaving: treated as a leave (SPEC §6.3)."""
+        actions: list[Action] = []
+        for room in list(self.rooms.values()):
+            if resource in room.sessions or resource in room.pending:
+                self._forget_session(room, resource)
+                if not room.audience() and self.settings.leave_when_unused:
+                    actions += self.leave_room(room.jid)
+                else:
+                    actions += self._room_presence(room)
+        return actions
+
+    def _forget_session(self, room: Room, resource: str) -> None:
+        room.sessions.discard(resource)
+        room.pending.pop(resource, None)
+        room.session_presence.pop(resource, None)
+
+    def _room_presence(self, room: Room) -> list[Action]:
+        """The account's presence in the room: the aggregate of its sessions' (SPEC §6.7)."""
+        if room.phase is not Phase.JOINED:
+            return []
+        mine = [p for r, p in room.session_presence.items() if r in room.sessions]
+        if not mine:
+            return []
+        agg = _room_presence_of(room, mine)
+        wire = stanza.serialize(agg)
+        if wire == room.sent_presence:
+            return []
+        room.sent_presence = wire
+        return [ToUpstream(agg)]
+
+    # ---- from the room -----------------------------------------------------------
+    def from_upstream(self, el: Element, now: float) -> list[Action] | None:
+        room = self.rooms[jid.bare(el.get("from", ""))]
+        if el.tag == stanza.PRESENCE:
+            return self._room_presence_in(room, el)
+        if el.tag == stanza.MESSAGE:
+            return self._room_message(room, el, now)
+        return None
+
+    def _room_presence_in(self, room: Room, el: Element) -> list[Action]:
+        audience = room.audience()
+        if el.get("type") == "error":
+            return self._presence_error(room, el)
+        if not is_self_presence(room, el):
+            track_occupant(room, el)
+            return [Deliver(audience, el)] if audience else []
+        if el.get("type") == "unavailable":
+            codes = status_codes(el)
+            if "303" in codes and new_nick(el):
+                room.nick = new_nick(el) or room.nick
+                return [Deliver(audience, el)] if audience else []
+            # Kicked, banned, destroyed, shut down, or simply out: no automatic rejoin (§6.5).
+            del self.rooms[room.jid]
+            self.archive.release(room.jid)
+            return [Deliver(audience, el)] if audience else []
+        return self._self_available(room, el)
+
+    def _self_available(self, room: Room, el: Element) -> list[Action]:
+        room.self_presence = el
+        room.nick = jid.resource(el.get("from", "")) or room.nick
+        room.nick_change_by = None
+        actions: list[Action] = []
+        if room.phase is Phase.JOINING:
+            room.phase = Phase.JOINED
+            self.archive.hold(HeldRoom(room.jid, room.nick, room.password))
+            for resource, req in room.pending.items():
+                mine = el if req.presence_id == el.get("id") else _with_id(el, req.presence_id)
+                actions.append(Deliver((resource,), mine))
+            already = tuple(sorted(room.sessions - set(room.pending)))  # still joined across a rejoin
+            if already:
+                actions.append(Deliver(already, el))
+            room.sessions |= set(room.pending)
+            room.pending.clear()
+            return actions
+        return [Deliver(room.audience(), el)] if room.audience() else []
+
+    def _presence_error(self, room: Room, el: Element) -> list[Action]:
+        if room.phase is Phase.JOINING:
+            # A failed join leaves no state behind (SPEC §6.1).
+            audience = room.audience()
+            del self.rooms[room.jid]
+            self.archive.release(room.jid)
+            return [Deliver(audience, el)] if audience else []
+        target = room.nick_change_by
+        room.nick_change_by = None
+        targets = (target,) if target in room.sessions else room.audience()
+        return [Deliver(targets, el)] if targets else []  # type: ignore[arg-type]
+
+    def _room_message(self, room: Room, el: Element, now: float) -> list[Action] | None:
+        mtype = el.get("type")
+        if mtype == "groupchat":
+            if subject_message(el):
+                room.subject = el
+            elif not self._archive(room, el, now):
+                return []  # already archived and fanned out (history repeated on rejoin)
+            return [Deliver(room.audience(), el)] if room.audience() else []
+        if mtype == "error":
+            return [Deliver(room.audience(), el)] if room.audience() else []
+        if mtype == "chat" and jid.resource(el.get("from", "")) and room.sessions:
+            return [Deliver(tuple(sorted(room.sessions)), el)]  # a PM from an occupant (§6.8)
+        return None
+
+    def _archive(self, room: Room, el: Element, now: float) -> bool:
+        ts = history.delay_stamp(el) or now
+        room.last_message = now
+        nick = jid.resource(el.get("from", ""))
+        return self.archive.store(room.jid, stanza_id(el, room.jid), ts, nick, stanza.serialize(el))
+
+    # ---- upstream lifecycle ----------------------------------------------------------
+    def rejoin_all(self) -> list[Action]:
+        """A new upstream session: every held room is joined again (SPEC §4)."""
+        actions: list[Action] = []
+        for room in self.rooms.values():
+            room.phase = Phase.JOINING
+            room.occupants.clear()
+            mine = [p for r, p in room.session_presence.items() if r in room.sessions]
+            join = _room_presence_of(room, mine)
+            x = stanza.child(join, ns.MUC, "x")
+            if room.password:
+                etree.SubElement(x, q(ns.MUC, "password")).text = room.password
+            last = self.archive.last_ts(room.jid)
+            if last is not None:
+                etree.SubElement(x, q(ns.MUC, "history"), since=stanza.utc_stamp(last))
+            room.sent_presence = stanza.serialize(_room_presence_of(room, mine))
+            actions.append(ToUpstream(join))
+        return actions
+
+    def status(self) -> list[dict]:
+        return [
+            {
+                "room": room.jid,
+                "nick": room.nick,
+                "joined": room.phase is Phase.JOINED,
+                "occupants": len(room.occupants) + (1 if room.self_presence is not None else 0),
+                "sessions": sorted(room.sessions),
+                "last_message": room.last_message,
+                "archived": self.archive.count(room.jid),
+            }
+            for room in self.rooms.values()
+        ]
+
+
+def self_ping_answer(room: Room, resource: str, iq: Element) -> Element:
+    """XEP-0410 answered at once: joined sessions get a result, others not-acceptable (§13)."""
+    if room.phase is Phase.JOINED and resource in room.sessions:
+        return stanza.iq_result(iq)
+    return stanza.error_reply(iq, "not-acceptable")
+
+
+def _is_ping(iq: Element) -> bool:
+    body = stanza.payload(iq)
+    return iq.get("type") == "get" and body is not None and body.tag == q(ns.PING, "ping")
+
+
+def _join_request(resource: str, nick: str, el: Element) -> JoinRequest:
+    x = stanza.find(el, ns.MUC, "x")
+    hist = None if x is None else x.find(q(ns.MUC, "history"))
+    return JoinRequest(resource, nick, el.get("id"), hist)
+
+
+def _room_presence_of(room: Room, session_presences: list[Element]) -> Element:
+    """The aggregate presence to the room, without join payload or per-client ids."""
+    agg = presence.aggregate(session_presences, "available", None)
+    for x in agg.findall(q(ns.MUC, "x")):
+        agg.remove(x)
+    agg.set("to", room.occupant_jid)
+    return agg
+
+
+def _with_id(el: Element, presence_id: str | None) -> Element:
+    out = stanza.clone(el)
+    if presence_id is None:
+        out.attrib.pop("id", None)
+    else:
+        out.set("id", presence_id)
+    return out

@@ -1,0 +1,208 @@
+"""Account-level MUC decisions (SPEC §6) without sockets: join, replay, fan-out, leave, kick."""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from bouncer import ns
+from bouncer.actions import Deliver, ToUpstream
+from bouncer.muc.routing import MucRouter
+from bouncer.router import Router, RouterSettings
+from bouncer.storage.archive import RoomArchive
+from bouncer.storage.db import open_database
+
+ACCOUNT = "alice@example.org"
+UP = f"{ACCOUNT}/bouncer"
+ROOM = "room@muc.example.org"
+MUC_USER = ns.MUC_USER
+
+
+def x(text: str) -> etree._Element:
+    for tag in ("message", "presence", "iq"):
+        if text.startswith(f"<{tag}"):
+            return etree.fromstring(text.replace(f"<{tag}", f"<{tag} xmlns='jabber:client'", 1))
+    raise ValueError(text)
+
+
+def setup(tmp_path, **muc_kw):
+    archive = RoomArchive(open_database(tmp_path / "a.sqlite"))
+    r = Router(RouterSettings(account=ACCOUNT), muc=MucRouter(archive, **muc_kw))
+    r.upstream_established(UP, resumed=False)
+    for res in ("A", "B"):
+        r.bind(res)
+        r.from_session(res, x(f"<presence from='{ACCOUNT}/{res}'/>"), 0)
+    return r, archive
+
+
+def join(r, res, nick="alice", pid="j1", hist=""):
+    return r.from_session(
+        res, x(f"<presence from='{ACCOUNT}/{res}' to='{ROOM}/{nick}' id='{pid}'><x xmlns='{ns.MUC}'>{hist}</x></presence>"), 100.0
+    )
+
+
+def occupant(nick, *, ptype=None, codes=(), item=""):
+    t = f" type='{ptype}'" if ptype else ""
+    status = "".join(f"<status code='{c}'/>" for c in codes)
+    return x(f"<presence from='{ROOM}/{nick}' to='{UP}'{t}><x xmlns='{MUC_USER}'><item affiliation='member' role='participant' {item}/>{status}</x></presence>")
+
+
+def groupchat(nick, body, sid):
+    return x(f"<message from='{ROOM}/{nick}' to='{UP}' type='groupchat' id='m-{sid}'><body>{body}</body><stanza-id xmlns='{ns.STANZA_ID}' by='{ROOM}' id='{sid}'/></message>")
+
+
+def to(actions, res):
+    return [a.element for a in actions if isinstance(a, Deliver) and res in a.resources]
+
+
+def up(actions):
+    return [a.element for a in actions if isinstance(a, ToUpstream)]
+
+
+def complete_first_join(r, res="A"):
+    """A's join goes upstream; the room answers. Returns what the room's answer produced."""
+    assert len(up(join(r, res))) == 1
+    out = []
+    for el in (occupant("bob"), occupant("carol"), occupant("alice", codes=("110", "100")),
+               groupchat("bob", "old news", "s1"),
+               x(f"<message from='{ROOM}' to='{UP}' type='groupchat'><subject>Topic</subject></message>")):
+        out += r.from_upstream(el, 100.0)
+    return out
+
+
+def test_first_join_goes_upstream_once_and_is_answered_as_the_room_did(tmp_path):
+    r, archive = setup(tmp_path)
+    (sent,) = up(join(r, "B", pid="probe"))
+    assert sent.get("to") == f"{ROOM}/alice" and sent.find(f"{{{ns.MUC}}}x") is not None and sent.get("from") is None
+    r.from_session("B", x(f"<presence from='{ACCOUNT}/B' to='{ROOM}/alice' type='unavailable'/>"), 0)
+    r.from_upstream(x(f"<presence from='{ROOM}/alice' to='{UP}' type='error'><error type='cancel'><conflict xmlns='{ns.STANZA_ERRORS}'/></error></presence>"), 0)
+    out = complete_first_join(r)
+    got = to(out, "A")
+    assert [e.get("from") for e in got] == [f"{ROOM}/bob", f"{ROOM}/carol", f"{ROOM}/alice", f"{ROOM}/bob", ROOM]
+    assert to(out, "B") == []
+    assert [h.jid for h in archive.held()] == [ROOM] and archive.count(ROOM) == 1
+
+
+def test_later_join_is_local_in_xep0045_order(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    actions = join(r, "B", nick="other", pid="b-join")
+    assert up(actions) == []  # nothing upstream: the account is already in
+    got = to(actions, "B")
+    kinds = [(e.tag.split("}")[1], e.get("from")) for e in got]
+    assert kinds == [("presence", f"{ROOM}/bob"), ("presence", f"{ROOM}/carol"), ("presence", f"{ROOM}/alice"),
+                     ("message", f"{ROOM}/bob"), ("message", ROOM)]
+    me = got[2]
+    codes = [s.get("code") for s in me.iter(f"{{{MUC_USER}}}status")]
+    assert set(codes) == {"100", "110", "210"} and me.get("id") == "b-join"
+    assert got[3].find(f"{{{ns.DELAY}}}delay") is not None
+    assert got[4].findtext("{jabber:client}subject") == "Topic"
+
+
+def test_history_limits_on_local_join(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    for i in range(2, 8):
+        r.from_upstream(groupchat("bob", f"msg {i}", f"s{i}"), 100.0 + i)
+    got = to(join(r, "B", hist="<history maxstanzas='3'/>"), "B")
+    assert [e.findtext("{jabber:client}body") for e in got if e.find("{jabber:client}body") is not None] == ["msg 5", "msg 6", "msg 7"]
+    got = to(join(r, "B", hist="<history maxchars='0'/>"), "B")
+    assert all(e.find("{jabber:client}body") is None for e in got)
+    assert got[-1].find("{jabber:client}subject") is not None  # the subject always ends the join
+
+
+def test_fan_out_once_per_joined_session_and_not_to_others(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    r.bind("C")
+    r.from_session("C", x(f"<presence from='{ACCOUNT}/C'/>"), 0)
+    join(r, "B")
+    actions = r.from_upstream(groupchat("bob", "hello room", "s9"), 101.0)
+    assert len(to(actions, "A")) == 1 and len(to(actions, "B")) == 1 and to(actions, "C") == []
+    assert r.from_upstream(groupchat("bob", "hello room", "s9"), 102.0) == []  # same stanza-id: not again
+
+
+def test_leave_of_one_session_only(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    join(r, "B")
+    actions = r.from_session("B", x(f"<presence from='{ACCOUNT}/B' to='{ROOM}/alice' type='unavailable'/>"), 0)
+    assert up(actions) == []  # the room sees no leave
+    (gone,) = to(actions, "B")
+    assert gone.get("type") == "unavailable" and "110" in [s.get("code") for s in gone.iter(f"{{{MUC_USER}}}status")]
+    actions = r.from_upstream(groupchat("bob", "after", "s10"), 103.0)
+    assert to(actions, "B") == [] and len(to(actions, "A")) == 1
+
+
+def test_leave_when_unused_leaves_upstream(tmp_path):
+    from bouncer.muc.routing import MucSettings
+
+    r, archive = setup(tmp_path, settings=MucSettings(leave_when_unused=True))
+    complete_first_join(r)
+    actions = r.from_session("A", x(f"<presence from='{ACCOUNT}/A' to='{ROOM}/alice' type='unavailable'/>"), 0)
+    (sent,) = up(actions)
+    assert sent.get("type") == "unavailable" and archive.held() == []
+
+
+def test_kick_of_the_account_reaches_all_and_drops_state(tmp_path):
+    r, archive = setup(tmp_path)
+    complete_first_join(r)
+    join(r, "B")
+    actions = r.from_upstream(occupant("alice", ptype="unavailable", codes=("110", "307")), 104.0)
+    assert len(to(actions, "A")) == 1 and len(to(actions, "B")) == 1 and up(actions) == []
+    assert ROOM not in r.muc.rooms and archive.held() == []
+
+
+def test_nick_change_and_occupant_tracking(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    r.from_upstream(occupant("bob", ptype="unavailable", codes=("303",), item="nick='robert'"), 105.0)
+    r.from_upstream(occupant("robert"), 105.0)
+    r.from_upstream(occupant("carol", ptype="unavailable"), 105.0)
+    got = to(join(r, "B"), "B")
+    assert [e.get("from") for e in got if e.tag.endswith("presence")] == [f"{ROOM}/robert", f"{ROOM}/alice"]
+    # our own nick change: sent upstream once, result fanned out, new nick held
+    (sent,) = up(r.from_session("A", x(f"<presence from='{ACCOUNT}/A' to='{ROOM}/alicia'/>"), 0))
+    assert sent.get("to") == f"{ROOM}/alicia"
+    r.from_upstream(occupant("alice", ptype="unavailable", codes=("110", "303"), item="nick='alicia'"), 106.0)
+    actions = r.from_upstream(occupant("alicia", codes=("110",)), 106.0)
+    assert len(to(actions, "A")) == 1 and len(to(actions, "B")) == 1
+    assert r.muc.rooms[ROOM].nick == "alicia"
+
+
+def test_join_error_leaves_no_state(tmp_path):
+    r, archive = setup(tmp_path)
+    join(r, "A")
+    err = x(f"<presence from='{ROOM}/alice' to='{UP}' type='error' id='j1'><error type='auth'><registration-required xmlns='{ns.STANZA_ERRORS}'/></error></presence>")
+    actions = r.from_upstream(err, 100.0)
+    assert to(actions, "A") == [err] and ROOM not in r.muc.rooms and archive.held() == []
+
+
+def test_self_ping_answered_locally(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    ping = f"<iq type='get' id='sp' to='{ROOM}/alice' from='{ACCOUNT}/%s'><ping xmlns='urn:xmpp:ping'/></iq>"
+    (ans,) = to(r.from_session("A", x(ping % "A"), 0), "A")
+    assert ans.get("type") == "result" and ans.get("from") == f"{ROOM}/alice"
+    (ans,) = to(r.from_session("B", x(ping % "B"), 0), "B")  # B has not joined
+    assert ans.get("type") == "error" and ans.find(f".//{{{ns.STANZA_ERRORS}}}not-acceptable") is not None
+
+
+def test_pm_from_occupant_reaches_joined_sessions(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    join(r, "B")
+    r.bind("C")
+    r.from_session("C", x(f"<presence from='{ACCOUNT}/C'/>"), 0)
+    pm = x(f"<message from='{ROOM}/bob' to='{UP}' type='chat'><body>psst</body><x xmlns='{MUC_USER}'/></message>")
+    actions = r.from_upstream(pm, 107.0)
+    assert len(to(actions, "A")) == 1 and len(to(actions, "B")) == 1 and to(actions, "C") == []
+
+
+def test_restart_restores_held_rooms_and_rejoins_since_last(tmp_path):
+    r, archive = setup(tmp_path)
+    complete_first_join(r)
+    again = MucRouter(archive)
+    again.restore()
+    (join_el,) = [a.element for a in again.rejoin_all()]
+    hist = join_el.find(f"{{{ns.MUC}}}x/{{{ns.MUC}}}history")
+    assert join_el.get("to") == f"{ROOM}/alice" and hist is not None and hist.get("since")
