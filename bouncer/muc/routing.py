@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import structlog
 from lxml import etree
 
 from bouncer import carbons, jid, ns, presence, stanza
@@ -31,6 +32,10 @@ from bouncer.ns import q
 from bouncer.storage.archive import HeldRoom, RoomArchive
 
 Element = etree._Element
+log = structlog.get_logger("bouncer.muc")
+
+# Why the room let go of the account (SPEC §6.5), for the log.
+_GONE_REASONS = ("301", "307", "321", "322", "332")
 
 
 @dataclass
@@ -191,6 +196,7 @@ class MucRouter:
             # Kicked, banned, destroyed, shut down, or simply out: no automatic rejoin (§6.5).
             del self.rooms[room.jid]
             self.archive.release(room.jid)
+            log.info("left room", room=room.jid, reason=_gone_reason(el, codes))
             return [Deliver(audience, el)] if audience else []
         return self._self_available(room, el)
 
@@ -202,6 +208,7 @@ class MucRouter:
         if room.phase is Phase.JOINING:
             room.phase = Phase.JOINED
             self.archive.hold(HeldRoom(room.jid, room.nick, room.password))
+            log.info("room joined upstream", room=room.jid, nick=room.nick, sessions=len(room.audience()))
             for resource, req in room.pending.items():
                 mine = el if req.presence_id == el.get("id") else _with_id(el, req.presence_id)
                 actions.append(Deliver((resource,), mine))
@@ -219,6 +226,7 @@ class MucRouter:
             audience = room.audience()
             del self.rooms[room.jid]
             self.archive.release(room.jid)
+            log.info("room join failed", room=room.jid, condition=_error_condition(el))
             return [Deliver(audience, el)] if audience else []
         target = room.nick_change_by
         room.nick_change_by = None
@@ -243,7 +251,10 @@ class MucRouter:
         ts = history.delay_stamp(el) or now
         room.last_message = now
         nick = jid.resource(el.get("from", ""))
-        return self.archive.store(room.jid, stanza_id(el, room.jid), ts, nick, stanza.serialize(el))
+        sid = stanza_id(el, room.jid)
+        stored = self.archive.store(room.jid, sid, ts, nick, stanza.serialize(el))
+        log.debug("archived" if stored else "already archived", room=room.jid, stanza_id=sid)
+        return stored
 
     # ---- upstream lifecycle ----------------------------------------------------------
     def rejoin_all(self) -> list[Action]:
@@ -284,6 +295,18 @@ def self_ping_answer(room: Room, resource: str, iq: Element) -> Element:
     if room.phase is Phase.JOINED and resource in room.sessions:
         return stanza.iq_result(iq)
     return stanza.error_reply(iq, "not-acceptable")
+
+
+def _gone_reason(el: Element, codes: set[str]) -> str:
+    x = stanza.find(el, ns.MUC_USER, "x")
+    if x is not None and x.find(q(ns.MUC_USER, "destroy")) is not None:
+        return "destroyed"
+    return next((c for c in _GONE_REASONS if c in codes), "unavailable")
+
+
+def _error_condition(el: Element) -> str | None:
+    error = el.find(q(ns.CLIENT, "error"))
+    return None if error is None or len(error) == 0 else etree.QName(error[0]).localname
 
 
 def _is_ping(iq: Element) -> bool:
