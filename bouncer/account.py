@@ -8,7 +8,9 @@ link, SQLite). Everything runs on the one event loop, so no locks.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from xml.sax.saxutils import escape
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -16,16 +18,31 @@ from lxml import etree
 
 from bouncer import jid, ns, stanza
 from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
-from bouncer.router import Router
+from bouncer.muc.routing import MucRouter
+from bouncer.router import Router, RouterSettings
+from bouncer.storage.archive import RoomArchive
 from bouncer.storage.offline import OfflineStore
 from bouncer.upstream import UpstreamDown, UpstreamEstablished, UpstreamEvent, UpstreamStanza
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from bouncer.c2s.connection import Connection
+    from bouncer.config import Config
 
 log = structlog.get_logger("bouncer.account")
 
 _SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+# Fan-out writes ``to="<mark>"`` once and swaps it per recipient. The start tag
+# comes first and attribute values have their quotes escaped, so the first
+# ``to="<mark>"`` in the bytes is always that attribute, whatever the payload.
+_TO_MARK = f"bnc-{secrets.token_hex(8)}"
+_TO_MARK_BYTES = f' to="{_TO_MARK}"'.encode()
+
+
+def _attr(value: str | None) -> bytes:
+    """A JID as lxml writes it inside a double-quoted attribute."""
+    return escape(value or "", {'"': "&quot;"}).encode()
 
 
 class Upstream(Protocol):
@@ -152,15 +169,25 @@ class Account:
                         conn.stream_error(condition)
 
     def _deliver(self, resources: tuple[str, ...], el: etree._Element) -> None:
+        """Send to each session; serialised once, with only ``to`` swapped per session.
+
+        A ``to`` naming a full JID of the account (the upstream one, or a
+        sibling's) becomes each recipient's own full JID.
+        """
+        conns = [c for c in map(self.connections.get, resources) if c is not None and c.jid]
+        if not conns:
+            return
         to = el.get("to")
-        readdress = to is not None and jid.resource(to) is not None and jid.same_bare(to, self.router.account)
-        for resource in resources:
-            conn = self.connections.get(resource)
-            if conn is None:
-                continue
-            if readdress:
-                el.set("to", conn.jid or "")
-            conn.send_stanza(el)
+        if to is None or jid.resource(to) is None or not jid.same_bare(to, self.router.account):
+            wire = stanza.serialize(el)
+            for conn in conns:
+                conn.send_serialized(wire)
+            return
+        el.set("to", _TO_MARK)
+        head, tail = stanza.serialize(el).split(_TO_MARK_BYTES, 1)
+        el.set("to", to)
+        for conn in conns:
+            conn.send_serialized(head + b' to="' + _attr(conn.jid) + b'"' + tail)
 
     def _flush_stored(self, resource: str) -> None:
         conn = self.connections.get(resource)
@@ -181,3 +208,20 @@ class Account:
 
         conn.after_flush(delivered)
         log.info("delivered stored stanzas", session=resource, count=len(ids))
+
+
+def build_account(config: Config, db: sqlite3.Connection) -> Account:
+    """The Account with its Router, room cache and stores, as the config says."""
+    muc = MucRouter(RoomArchive(db))
+    muc.restore()
+    router = Router(
+        RouterSettings(
+            account=jid.bare(config.upstream.jid),
+            idle_show=config.presence.idle_show,
+            idle_status=config.presence.idle_status,
+            iq_timeout=config.limits.iq_timeout,
+            upstream_queue=config.limits.upstream_queue,
+        ),
+        muc=muc,
+    )
+    return Account(router, OfflineStore(db))

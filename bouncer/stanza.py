@@ -80,8 +80,8 @@ def payload(el: Element) -> Element | None:
 
 
 def serialize(el: Element) -> bytes:
-    """Bytes for the wire (no XML declaration, namespaces as parsed)."""
-    return etree.tostring(el)
+    """UTF-8 bytes for the wire (no XML declaration, namespaces as parsed)."""
+    return etree.tostring(el, encoding="utf-8", xml_declaration=False)
 
 
 def clone(el: Element) -> Element:

@@ -68,6 +68,10 @@ class Connection:
         self.stream.send_stanza(el)
         self._flush()
 
+    def send_serialized(self, wire: bytes) -> None:
+        self.stream.send_serialized(wire)
+        self._flush()
+
     def after_flush(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything queued so far reached the socket."""
         self._enqueue(callback)

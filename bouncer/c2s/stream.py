@@ -149,6 +149,10 @@ class ServerStream:
     def send_stanza(self, el: etree._Element) -> None:
         self._out.append(stanza.serialize(el))
 
+    def send_serialized(self, wire: bytes) -> None:
+        """A stanza already serialised (fan-out serialises once for many sessions)."""
+        self._out.append(wire)
+
     def bind(self, resource: str) -> None:
         """Answer the pending bind request with ``account@domain/resource``."""
         self.jid = f"{self.username}@{self.settings.domain}/{resource}"
