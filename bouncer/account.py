@@ -134,10 +134,14 @@ class Account:
             case UpstreamDown():
                 self.router.upstream_down()
 
-    async def tick(self, interval: float = 1.0) -> None:
-        """Time-driven work (IQ timeouts), so the Router needs no clock of its own."""
+    async def tick(self, interval: float = 1.0, prune_every: int = 300) -> None:
+        """Time-driven work (IQ timeouts, archive retention): the Router has no clock of its own."""
+        ticks = 0
         while True:
+            if ticks % prune_every == 0 and self.router.muc is not None:
+                self.router.muc.prune(self._clock())
             await asyncio.sleep(interval)
+            ticks += 1
             self._run(self.router.expire(self._clock()))
 
     def shutdown(self) -> None:

@@ -275,6 +275,13 @@ class MucRouter:
             actions.append(ToUpstream(join))
         return actions
 
+    def prune(self, now: float) -> int:
+        """Apply archive retention to every held room (SPEC §7: the database stays bounded)."""
+        removed = sum(self.archive.prune(room, now) for room in self.rooms)
+        if removed:
+            log.info("archive pruned", removed=removed)
+        return removed
+
     def status(self) -> list[dict]:
         return [
             {

@@ -32,3 +32,22 @@ def test_newer_schema_is_refused(tmp_path):
         assert "newer" in str(exc)
     else:
         raise AssertionError("opened a database from a newer bouncer")
+
+
+def test_archive_retention_by_count_and_age(tmp_path):
+    from bouncer.storage.archive import HeldRoom, RoomArchive
+
+    archive = RoomArchive(open_database(tmp_path / "a.sqlite"), max_age_days=1, max_messages=3)
+    for i in range(5):
+        assert archive.store("r@m", f"s{i}", 1000.0 + i, "bob", b"<m/>")
+    assert not archive.store("r@m", "s4", 2000.0, "bob", b"<m/>")  # same stanza-id: kept once
+    archive.store("other@m", "s0", 1000.0, "bob", b"<m/>")
+    assert archive.prune("r@m", now=1010.0) == 2
+    assert [m.stanza_id for m in archive.latest("r@m", 10)] == ["s2", "s3", "s4"]
+    assert archive.prune("r@m", now=1000.0 + 86400 + 3.5) == 2  # older than a day
+    assert archive.count("r@m") == 1 and archive.count("other@m") == 1
+    archive.hold(HeldRoom("r@m", "alice", None))
+    archive.hold(HeldRoom("r@m", "alicia", "pw"))
+    assert archive.held() == [HeldRoom("r@m", "alicia", "pw")]
+    archive.release("r@m")
+    assert archive.held() == []
