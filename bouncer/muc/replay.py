@@ -63,6 +63,18 @@ def leave_presence(room: Room, to: str) -> Element:
     return el
 
 
+def removed_presence(room: Room) -> Element:
+    """110 + 333: the account is out of the room because its rejoin failed (SPEC §6.10)."""
+    # Addressed as the room addressed the account; delivery re-addresses it per session.
+    to = room.self_presence.get("to") if room.self_presence is not None else None
+    el = stanza.make("presence", type="unavailable", from_=room.occupant_jid, to=to)
+    x = stanza.child(el, ns.MUC_USER, "x")
+    etree.SubElement(x, q(ns.MUC_USER, "item"), affiliation=_affiliation(room), role="none")
+    for code in ("110", "333"):
+        etree.SubElement(x, q(ns.MUC_USER, "status"), code=code)
+    return el
+
+
 def _affiliation(room: Room) -> str:
     x = muc_user(room.self_presence) if room.self_presence is not None else None
     item = None if x is None else x.find(q(ns.MUC_USER, "item"))

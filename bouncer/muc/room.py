@@ -49,6 +49,11 @@ class Room:
     sent_presence: bytes | None = None
     nick_change_by: str | None = None  # session that asked for a nick change
     last_message: float | None = None
+    # While the account rejoins after an upstream outage: the occupants the
+    # sessions already know (each one seen again is dropped from here), and the
+    # sessions that still need a subject to end their join.
+    previous: dict[str, Element] | None = None
+    awaiting_subject: set[str] = field(default_factory=set)
 
     @property
     def occupant_jid(self) -> str:

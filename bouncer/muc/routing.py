@@ -137,8 +137,8 @@ class MucRouter:
         self.archive.release(room_jid)
         gone = stanza.make("presence", type="unavailable", to=room.occupant_jid)
         actions: list[Action] = [ToUpstream(gone)]
-        for resource in room.audience():
-            actions.append(Deliver((resource,), replay.leave_presence(room, f"{room.jid}/{resource}")))
+        if room.audience() and room.self_presence is not None:
+            actions.append(Deliver(room.audience(), replay.leave_presence(room, room.self_presence.get("to", ""))))
         return actions
 
     def session_gone(self, resource: str) -> list[Action]:
@@ -187,6 +187,8 @@ class MucRouter:
             return self._presence_error(room, el)
         if not is_self_presence(room, el):
             track_occupant(room, el)
+            if room.previous is not None and _same(room.previous.pop(jid.resource(el.get("from", "")) or "", None), el):
+                return []  # rejoining: the sessions already know this occupant as it is
             return [Deliver(audience, el)] if audience else []
         if el.get("type") == "unavailable":
             codes = status_codes(el)
@@ -201,33 +203,43 @@ class MucRouter:
         return self._self_available(room, el)
 
     def _self_available(self, room: Room, el: Element) -> list[Action]:
+        unchanged = _same(room.self_presence, el)
         room.self_presence = el
         room.nick = jid.resource(el.get("from", "")) or room.nick
         room.nick_change_by = None
+        if room.phase is not Phase.JOINING:
+            return [Deliver(room.audience(), el)] if room.audience() else []
+        room.phase = Phase.JOINED
+        self.archive.hold(HeldRoom(room.jid, room.nick, room.password))
+        log.info("room joined upstream", room=room.jid, nick=room.nick, sessions=len(room.audience()))
         actions: list[Action] = []
-        if room.phase is Phase.JOINING:
-            room.phase = Phase.JOINED
-            self.archive.hold(HeldRoom(room.jid, room.nick, room.password))
-            log.info("room joined upstream", room=room.jid, nick=room.nick, sessions=len(room.audience()))
-            for resource, req in room.pending.items():
-                mine = el if req.presence_id == el.get("id") else _with_id(el, req.presence_id)
-                actions.append(Deliver((resource,), mine))
-            already = tuple(sorted(room.sessions - set(room.pending)))  # still joined across a rejoin
-            if already:
+        for resource, req in room.pending.items():
+            mine = el if req.presence_id == el.get("id") else _with_id(el, req.presence_id)
+            actions.append(Deliver((resource,), mine))
+        already = tuple(sorted(room.sessions - set(room.pending)))  # still joined across a rejoin
+        if already:
+            # Only what changed while the account was away reaches them (SPEC §6.10).
+            for gone in (room.previous or {}).values():
+                actions.append(Deliver(already, _unavailable_of(gone)))
+            if not unchanged:
                 actions.append(Deliver(already, el))
-            room.sessions |= set(room.pending)
-            room.pending.clear()
-            return actions
-        return [Deliver(room.audience(), el)] if room.audience() else []
+        room.previous = None
+        room.awaiting_subject = set(room.pending)
+        room.sessions |= set(room.pending)
+        room.pending.clear()
+        return actions
 
     def _presence_error(self, room: Room, el: Element) -> list[Action]:
         if room.phase is Phase.JOINING:
-            # A failed join leaves no state behind (SPEC §6.1).
-            audience = room.audience()
+            # A failed join leaves no state behind (SPEC §6.1). Sessions that were
+            # in the room before a failed rejoin learn it as a 333 removal.
             del self.rooms[room.jid]
             self.archive.release(room.jid)
             log.info("room join failed", room=room.jid, condition=_error_condition(el))
-            return [Deliver(audience, el)] if audience else []
+            actions: list[Action] = [Deliver(tuple(sorted(room.pending)), el)] if room.pending else []
+            if room.sessions:
+                actions.append(Deliver(tuple(sorted(room.sessions)), replay.removed_presence(room)))
+            return actions
         target = room.nick_change_by
         room.nick_change_by = None
         targets = (target,) if target in room.sessions else room.audience()
@@ -237,6 +249,11 @@ class MucRouter:
         mtype = el.get("type")
         if mtype == "groupchat":
             if subject_message(el):
+                waiting, room.awaiting_subject = room.awaiting_subject, set()
+                if _same(room.subject, el):
+                    # A rejoin repeats the subject: only sessions ending a join need it.
+                    targets = tuple(sorted(waiting & room.sessions))
+                    return [Deliver(targets, el)] if targets else []
                 room.subject = el
             elif not self._archive(room, el, now):
                 return []  # already archived and fanned out (history repeated on rejoin)
@@ -262,7 +279,7 @@ class MucRouter:
         actions: list[Action] = []
         for room in self.rooms.values():
             room.phase = Phase.JOINING
-            room.occupants.clear()
+            room.previous, room.occupants = room.occupants, {}
             mine = [p for r, p in room.session_presence.items() if r in room.sessions]
             join = _room_presence_of(room, mine)
             x = stanza.child(join, ns.MUC, "x")
@@ -334,6 +351,21 @@ def _room_presence_of(room: Room, session_presences: list[Element]) -> Element:
         agg.remove(x)
     agg.set("to", room.occupant_jid)
     return agg
+
+
+def _same(a: Element | None, b: Element) -> bool:
+    return a is not None and stanza.serialize(a) == stanza.serialize(b)
+
+
+def _unavailable_of(occupant: Element) -> Element:
+    """The presence telling sessions an occupant left while the account was away."""
+    el = stanza.make("presence", type="unavailable", from_=occupant.get("from"), to=occupant.get("to"))
+    x = stanza.find(occupant, ns.MUC_USER, "x")
+    if x is not None:
+        out = stanza.child(el, ns.MUC_USER, "x")
+        for item in x.findall(q(ns.MUC_USER, "item")):
+            etree.SubElement(out, q(ns.MUC_USER, "item"), {**item.attrib, "role": "none"})
+    return el
 
 
 def _with_id(el: Element, presence_id: str | None) -> Element:

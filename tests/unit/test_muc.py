@@ -206,3 +206,29 @@ def test_restart_restores_held_rooms_and_rejoins_since_last(tmp_path):
     (join_el,) = [a.element for a in again.rejoin_all()]
     hist = join_el.find(f"{{{ns.MUC}}}x/{{{ns.MUC}}}history")
     assert join_el.get("to") == f"{ROOM}/alice" and hist is not None and hist.get("since")
+
+
+def test_rejoin_after_upstream_outage_shows_sessions_only_what_changed(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    r.upstream_down()
+    actions = r.upstream_established(UP, resumed=False)
+    (rejoin,) = [e for e in up(actions) if e.get("to", "").startswith(ROOM)]
+    assert rejoin.find(f"{{{ns.MUC}}}x/{{{ns.MUC}}}history").get("since")
+    seen = []
+    for el in (occupant("bob"), occupant("dave"), occupant("alice", codes=("110", "100")),
+               groupchat("bob", "old news", "s1"),  # repeated history: already archived
+               x(f"<message from='{ROOM}' to='{UP}' type='groupchat'><subject>Topic</subject></message>")):
+        seen += to(r.from_upstream(el, 200.0), "A")
+    summary = [(e.get("from"), e.get("type")) for e in seen]
+    assert summary == [(f"{ROOM}/dave", None), (f"{ROOM}/carol", "unavailable")]
+
+
+def test_failed_rejoin_tells_sessions_333(tmp_path):
+    r, archive = setup(tmp_path)
+    complete_first_join(r)
+    r.upstream_established(UP, resumed=False)
+    err = x(f"<presence from='{ROOM}/alice' to='{UP}' type='error'><error type='auth'><forbidden xmlns='{ns.STANZA_ERRORS}'/></error></presence>")
+    (gone,) = to(r.from_upstream(err, 200.0), "A")
+    assert gone.get("type") == "unavailable" and {"110", "333"} <= {s.get("code") for s in gone.iter(f"{{{MUC_USER}}}status")}
+    assert ROOM not in r.muc.rooms and archive.held() == []
