@@ -354,7 +354,26 @@ def _room_presence_of(room: Room, session_presences: list[Element]) -> Element:
 
 
 def _same(a: Element | None, b: Element) -> bool:
-    return a is not None and stanza.serialize(a) == stanza.serialize(b)
+    """Whether a room stanza says the same again (after a rejoin), for a client's eyes.
+
+    Compared on what clients show: availability, status text, role and
+    affiliation, or the subject; a rejoin changes status codes, ids and
+    server-added payloads, which mean nothing to a session already in the room.
+    """
+    return a is not None and _meaning(a) == _meaning(b)
+
+
+def _meaning(el: Element) -> tuple:
+    x = stanza.find(el, ns.MUC_USER, "x")
+    item = None if x is None else x.find(q(ns.MUC_USER, "item"))
+    return (
+        el.get("from"),
+        el.get("type"),
+        stanza.text_of(el, ns.CLIENT, "show"),
+        stanza.text_of(el, ns.CLIENT, "status"),
+        stanza.text_of(el, ns.CLIENT, "subject"),
+        None if item is None else (item.get("affiliation"), item.get("role"), item.get("jid"), item.get("nick")),
+    )
 
 
 def _unavailable_of(occupant: Element) -> Element:
