@@ -14,3 +14,14 @@ def setup(prosody, tmp_path):
     s.bouncer.start()
     yield s
     assert s.bouncer.stop() == 0, s.bouncer.log_tail()
+
+
+@pytest.fixture
+def private_setup(prosody_factory, tmp_path):
+    """Like ``setup``, on a Prosody of its own: for tests that kill or restart the server."""
+    server = prosody_factory()
+    server.start()
+    s = make_setup(server, tmp_path)
+    s.bouncer.start()
+    yield s
+    assert s.bouncer.stop() == 0, s.bouncer.log_tail()

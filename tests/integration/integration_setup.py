@@ -31,3 +31,15 @@ def make_setup(prosody: Prosody, tmp_path, befriend: bool = False, **overrides) 
         write_roster(prosody, alice, bob)
     bouncer = Bouncer(tmp_path / "bouncer", prosody, alice, alice_pw, **overrides)
     return Setup(prosody, bouncer, alice, bob, bob_pw)
+
+
+def kill_upstream(s: Setup) -> None:
+    """SIGKILL the server and wait until the bouncer noticed."""
+    s.prosody.kill()
+    s.bouncer.wait_event("upstream down")
+
+
+def restart_upstream(s: Setup, restarts: int = 1) -> None:
+    """Start the killed server again and wait for the bouncer's new upstream session."""
+    s.prosody.start()
+    s.bouncer.wait_event("upstream established", after=restarts, timeout=30)

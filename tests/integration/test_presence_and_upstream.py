@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from support.clients import body_is, close, connect
-from integration_setup import make_setup
+from integration_setup import kill_upstream, make_setup, restart_upstream
 
 
 def presence_from(prefix: str, *, show: str | None = "any", ptype: str | None = None):
@@ -42,44 +42,32 @@ async def test_server_sees_most_available_then_idle_never_unavailable(prosody, t
     assert s.bouncer.stop() == 0
 
 
-async def test_upstream_restart_keeps_sessions_and_delivers_after(prosody_factory, tmp_path):
-    server = prosody_factory()
-    server.start()
-    s = make_setup(server, tmp_path)
-    s.bouncer.start()
+async def test_upstream_restart_keeps_sessions_and_delivers_after(private_setup):
+    s = private_setup
     a = await connect(f"{s.alice}/A", s.password, s.port)
     b = await connect(f"{s.alice}/B", s.password, s.port)
-    server.kill()
-    s.bouncer.wait_event("upstream down")
-    server.start()
-    s.bouncer.wait_event("upstream established", after=1, timeout=30)
+    kill_upstream(s)
+    restart_upstream(s)
     assert not a.disconnected_event.is_set() and not b.disconnected_event.is_set()
-    bob = await connect(s.bob, s.bob_password, server.port)
+    bob = await connect(s.bob, s.bob_password, s.prosody.port)
     bob.send_xml(f"<message to='{s.alice}' type='chat'><body>after the restart</body></message>")
     await a.wait_for(body_is("after the restart"), timeout=15)
     await b.wait_for(body_is("after the restart"), timeout=15)
     a.send_xml(f"<message to='{s.bob}' type='chat'><body>A is back too</body></message>")
     await bob.wait_for(body_is("A is back too"))
     await close(a, b, bob)
-    assert s.bouncer.stop() == 0
 
 
-async def test_messages_sent_while_upstream_is_down_are_delivered_after(prosody_factory, tmp_path):
-    server = prosody_factory()
-    server.start()
-    s = make_setup(server, tmp_path)
-    s.bouncer.start()
+async def test_messages_sent_while_upstream_is_down_are_delivered_after(private_setup):
+    s = private_setup
     a = await connect(f"{s.alice}/A", s.password, s.port)
-    server.kill()
-    s.bouncer.wait_event("upstream down")
+    kill_upstream(s)
     a.send_xml(f"<message to='{s.bob}' type='chat'><body>queued while down</body></message>")
-    a.send_xml(f"<iq type='get' id='ping-down' to='{server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    a.send_xml(f"<iq type='get' id='ping-down' to='{s.prosody.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
     err = await a.wait_for(lambda el: el.get("id") == "ping-down")
     assert err.get("type") == "error" and err.find(".//{urn:ietf:params:xml:ns:xmpp-stanzas}remote-server-timeout") is not None
-    server.start()
-    s.bouncer.wait_event("upstream established", after=1, timeout=30)
-    bob = await connect(s.bob, s.bob_password, server.port)
+    restart_upstream(s)
+    bob = await connect(s.bob, s.bob_password, s.prosody.port)
     # Prosody stored it offline for bob (he was not online): it arrives at his login
     await bob.wait_for(body_is("queued while down"), timeout=15)
     await close(a, bob)
-    assert s.bouncer.stop() == 0
