@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from support.clients import body_is, close, connect
 from integration_setup import kill_upstream, make_setup, restart_upstream

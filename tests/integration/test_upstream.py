@@ -427,7 +427,7 @@ async def test_stanzas_before_sm_enabled_are_not_counted(prosody, monkeypatch):
         if any(isinstance(obj, aioxmpp.nonza.SMEnable) for obj in send):
             for i in range(early):
                 bob.send(message(full, f"early {i}", id_=f"early-{i}"))
-            bob.send(f"<iq xmlns='jabber:client' type='get' id='sync' to='localhost'>"
+            bob.send("<iq xmlns='jabber:client' type='get' id='sync' to='localhost'>"
                      "<ping xmlns='urn:xmpp:ping'/></iq>")
             # Prosody handles bob's stanzas in order: once it answered the ping,
             # all early messages were written to the link's socket.
