@@ -24,7 +24,8 @@ class PendingIq:
     original_id: str | None
     original_to: str | None
     deadline: float
-    disco: bool = False  # a disco#info of the server/account: add our features
+    augment: str | None = None  # "server" or "room": a disco#info result to add our features to
+    fallback: etree._Element | None = None  # a room MAM query the archive answers if the room cannot
     mam_queryid: str | None = None  # upstream queryid to forget with the result
 
 
@@ -44,10 +45,18 @@ class IqTracker:
     def new_id(self) -> str:
         return f"{ID_PREFIX}{next(self._ids)}"
 
-    def outbound(self, iq: etree._Element, resource: str, now: float, *, disco: bool) -> etree._Element:
+    def outbound(
+        self,
+        iq: etree._Element,
+        resource: str,
+        now: float,
+        *,
+        augment: str | None = None,
+        fallback: etree._Element | None = None,
+    ) -> etree._Element:
         """Re-id ``iq`` (in place) for upstream and remember who asked."""
         new_id = self.new_id()
-        entry = PendingIq(resource, iq.get("id"), iq.get("to"), now + self.timeout, disco=disco)
+        entry = PendingIq(resource, iq.get("id"), iq.get("to"), now + self.timeout, augment, fallback)
         query = mam_query(iq)
         if query is not None:
             upstream_qid = f"{new_id}-q"

@@ -38,13 +38,17 @@ def answer(iq: etree._Element) -> etree._Element | None:
     return None
 
 
-def augment_disco(result: etree._Element) -> None:
-    """Add the bouncer's features to a disco#info result, removing nothing."""
+def augment_disco(result: etree._Element, features: tuple[str, ...] = ADDED_FEATURES) -> None:
+    """Add the bouncer's features to a disco#info result, removing nothing.
+
+    For the server and account: carbons and ping. For a held room: MAM, which
+    the bouncer's archive answers when the room itself cannot (SPEC §7).
+    """
     query = stanza.find(result, ns.DISCO_INFO, "query")
     if query is None or query.get("node") is not None:
         return
     present = {f.get("var") for f in query.iter(q(ns.DISCO_INFO, "feature"))}
-    for var in ADDED_FEATURES:
+    for var in features:
         if var not in present:
             etree.SubElement(query, q(ns.DISCO_INFO, "feature"), var=var)
 

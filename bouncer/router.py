@@ -19,6 +19,7 @@ from lxml import etree
 from bouncer import carbons, jid, local_iq, ns, presence, stanza
 from bouncer.actions import Action, CloseSession, Deliver, FlushStored, Store, ToUpstream
 from bouncer.iqtrack import IqTracker
+from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
 from bouncer.ns import q
 
@@ -158,8 +159,14 @@ class Router:
             self.peers[jid.bare(to)] = session.resource
         if not self.upstream_up:
             return [Deliver((session.resource,), stanza.error_reply(el, "remote-server-timeout", "upstream is reconnecting"))]
-        disco = local_iq.is_disco_info_get(el) and (to is None or jid.bare(to) in (self.account, jid.domain(self.account)))
-        return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, disco=disco))]
+        room = self.muc is not None and to is not None and jid.resource(to) is None and self.muc.holds(to)
+        if room and mam.parse(el) is not None and self.muc.serves_mam(to):  # type: ignore[union-attr,arg-type]
+            return [Deliver((session.resource,), a) for a in self.muc.mam_answer(el)]  # type: ignore[union-attr]
+        augment = None
+        if local_iq.is_disco_info_get(el):
+            augment = "room" if room else "server" if to is None or jid.bare(to) in (self.account, jid.domain(self.account)) else None
+        fallback = stanza.clone(el) if room and mam.parse(el) is not None else None
+        return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, augment=augment, fallback=fallback))]
 
     # ---- from upstream -----------------------------------------------------
     def from_upstream(self, el: Element, now: float) -> list[Action]:
@@ -183,8 +190,12 @@ class Router:
             entry = self.iqs.inbound(el)
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
-            if entry.disco and el.get("type") == "result":
+            if entry.fallback is not None and el.get("type") == "error" and self.muc is not None:
+                return [Deliver((entry.resource,), a) for a in self.muc.mam_answer(entry.fallback)]
+            if entry.augment == "server" and el.get("type") == "result":
                 local_iq.augment_disco(el)
+            elif entry.augment == "room" and el.get("type") == "result" and self.muc is not None:
+                self.muc.room_features(el)
             return [Deliver((entry.resource,), el)]
         body = stanza.payload(el)
         if body is not None and body.tag == q(ns.ROSTER, "query") and _from_account_or_server(el, self.account):

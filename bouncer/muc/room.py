@@ -49,6 +49,7 @@ class Room:
     sent_presence: bytes | None = None
     nick_change_by: str | None = None  # session that asked for a nick change
     last_message: float | None = None
+    own_mam: bool = False  # the room has no MAM: the bouncer's archive answers queries (§7)
     # While the account rejoins after an upstream outage: the occupants the
     # sessions already know (each one seen again is dropped from here), and the
     # sessions that still need a subject to end their join.

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import structlog
 from lxml import etree
 
-from bouncer import carbons, jid, ns, presence, stanza
+from bouncer import carbons, jid, local_iq, ns, presence, stanza
 from bouncer.actions import Action, Deliver, ToUpstream
-from bouncer.muc import history, replay
+from bouncer.muc import history, mam, replay
 from bouncer.muc.room import (
     JoinRequest,
     Phase,
@@ -64,6 +64,30 @@ class MucRouter:
 
     def wants_incoming(self, el: Element) -> bool:
         return jid.bare(el.get("from", "")) in self.rooms
+
+    def holds(self, room_jid: str) -> bool:
+        return jid.bare(room_jid) in self.rooms
+
+    def serves_mam(self, room_jid: str) -> bool:
+        room = self.rooms.get(jid.bare(room_jid))
+        return room is not None and room.own_mam
+
+    def room_features(self, result: Element) -> None:
+        """A held room's disco#info: without MAM, the bouncer's archive serves it (§7, §13)."""
+        room = self.rooms.get(jid.bare(result.get("from", "")))
+        features = {f.get("var") for f in result.iter(q(ns.DISCO_INFO, "feature"))}
+        if room is not None and mam.MAM not in features:
+            room.own_mam = True
+            local_iq.augment_disco(result, (mam.MAM,))
+
+    def mam_answer(self, iq: Element) -> list[Element]:
+        """The room could not answer a MAM query: the bouncer's archive does (SPEC §7)."""
+        query = mam.parse(iq)
+        room = jid.bare(iq.get("to", ""))
+        if query is None:
+            return [stanza.error_reply(iq, "service-unavailable")]
+        log.info("room MAM answered from the archive", room=room)
+        return mam.answer(self.archive, room, iq, query)
 
     # ---- from sessions ---------------------------------------------------------
     def from_session(self, resource: str, session_jid: str, el: Element, now: float) -> list[Action] | None:

@@ -21,6 +21,20 @@ class ArchivedMessage:
     stanza: bytes
 
 
+    @property
+    def archive_id(self) -> str:
+        """The id clients page by: the room's stanza-id, or ours when it gave none."""
+        return self.stanza_id if self.stanza_id is not None else f"{LOCAL_ID_PREFIX}{self.id}"
+
+
+LOCAL_ID_PREFIX = "bnc-"
+
+
+def _local_rowid(archive_id: str) -> int:
+    tail = archive_id[len(LOCAL_ID_PREFIX):] if archive_id.startswith(LOCAL_ID_PREFIX) else ""
+    return int(tail) if tail.isdigit() else -1
+
+
 @dataclass(frozen=True)
 class HeldRoom:
     jid: str
@@ -51,6 +65,53 @@ class RoomArchive:
             (room, since if since is not None else float("-inf"), limit),
         ).fetchall()
         return [ArchivedMessage(*row) for row in reversed(rows)]
+
+    def page(
+        self,
+        room: str,
+        *,
+        limit: int,
+        start: float | None = None,
+        end: float | None = None,
+        nick: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        last_page: bool = False,
+    ) -> tuple[list[ArchivedMessage], bool] | None:
+        """One XEP-0313/0059 page, oldest first, and whether it reaches the end.
+
+        Pages forward from ``after`` (or the start), or backward from ``before``
+        (or from the end when ``last_page``). None when a paging id is unknown.
+        """
+        where, args = ["room = ?"], [room]
+        for clause, value in (("ts >= ?", start), ("ts <= ?", end), ("nick = ?", nick)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        backward = before is not None or last_page
+        anchor = before if before is not None else after
+        if anchor:
+            key = self._key(room, anchor)
+            if key is None:
+                return None
+            where.append("(ts, id) < (?, ?)" if backward else "(ts, id) > (?, ?)")
+            args += list(key)
+        order = "DESC" if backward else "ASC"
+        rows = self._conn.execute(
+            f"SELECT id, stanza_id, ts, nick, stanza FROM muc_archive WHERE {' AND '.join(where)} "
+            f"ORDER BY ts {order}, id {order} LIMIT ?",
+            (*args, limit + 1),
+        ).fetchall()
+        complete = len(rows) <= limit
+        found = [ArchivedMessage(*row) for row in rows[:limit]]
+        return (list(reversed(found)) if backward else found), complete
+
+    def _key(self, room: str, archive_id: str) -> tuple[float, int] | None:
+        row = self._conn.execute(
+            "SELECT ts, id FROM muc_archive WHERE room = ? AND (stanza_id = ? OR (stanza_id IS NULL AND id = ?))",
+            (room, archive_id, _local_rowid(archive_id)),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def last_ts(self, room: str) -> float | None:
         row = self._conn.execute("SELECT MAX(ts) FROM muc_archive WHERE room = ?", (room,)).fetchone()

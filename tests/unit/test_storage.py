@@ -51,3 +51,24 @@ def test_archive_retention_by_count_and_age(tmp_path):
     assert archive.held() == [HeldRoom("r@m", "alicia", "pw")]
     archive.release("r@m")
     assert archive.held() == []
+
+
+def test_archive_pages_like_rsm(tmp_path):
+    from bouncer.storage.archive import RoomArchive
+
+    archive = RoomArchive(open_database(tmp_path / "a.sqlite"))
+    for i in range(5):
+        archive.store("r@m", f"s{i}" if i != 2 else None, 100.0 + i, "bob" if i % 2 else "carol", f"<m n='{i}'/>".encode())
+    ids = lambda page: [m.archive_id for m in page[0]]  # noqa: E731
+    first = archive.page("r@m", limit=2)
+    assert ids(first) == ["s0", "s1"] and first[1] is False
+    after = archive.page("r@m", limit=2, after="s1")
+    assert ids(after)[0].startswith("bnc-") and ids(after)[1] == "s3"
+    assert ids(archive.page("r@m", limit=2, after=ids(after)[0])) == ["s3", "s4"]
+    last = archive.page("r@m", limit=2, last_page=True)
+    assert ids(last) == ["s3", "s4"] and last[1] is False
+    before = archive.page("r@m", limit=10, before="s3")
+    assert ids(before)[0] == "s0" and len(ids(before)) == 3 and before[1] is True
+    assert ids(archive.page("r@m", limit=10, nick="bob")) == ["s1", "s3"]
+    assert ids(archive.page("r@m", limit=10, start=103.0)) == ["s3", "s4"]
+    assert archive.page("r@m", limit=2, after="nope") is None
