@@ -142,7 +142,10 @@ class Account:
                 self.router.muc.prune(self._clock())
             await asyncio.sleep(interval)
             ticks += 1
-            self._run(self.router.expire(self._clock()))
+            now = self._clock()
+            self._run(self.router.expire(now))
+            if self.router.muc is not None:
+                self._run(self.router.muc.due(now))
 
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):

@@ -50,6 +50,8 @@ class Room:
     nick_change_by: str | None = None  # session that asked for a nick change
     last_message: float | None = None
     own_mam: bool = False  # the room has no MAM: the bouncer's archive answers queries (§7)
+    rejoin_at: float | None = None  # after a 332 (service shut down): when to try again
+    rejoin_delay: float = 0.0  # the current backoff; 0 when not recovering
     # While the account rejoins after an upstream outage: the occupants the
     # sessions already know (each one seen again is dropped from here), and the
     # sessions that still need a subject to end their join.

@@ -35,7 +35,10 @@ Element = etree._Element
 log = structlog.get_logger("bouncer.muc")
 
 # Why the room let go of the account (SPEC §6.5), for the log.
-_GONE_REASONS = ("301", "307", "321", "322", "332")
+_GONE_REASONS = ("301", "307", "321", "322")
+# Backoff of rejoins after a 332 (seconds), and the join errors worth retrying.
+_REJOIN_FIRST, _REJOIN_CAP = 5.0, 300.0
+_TRANSIENT = {"remote-server-not-found", "remote-server-timeout", "service-unavailable", "internal-server-error"}
 
 
 @dataclass
@@ -200,15 +203,15 @@ class MucRouter:
     def from_upstream(self, el: Element, now: float) -> list[Action] | None:
         room = self.rooms[jid.bare(el.get("from", ""))]
         if el.tag == stanza.PRESENCE:
-            return self._room_presence_in(room, el)
+            return self._room_presence_in(room, el, now)
         if el.tag == stanza.MESSAGE:
             return self._room_message(room, el, now)
         return None
 
-    def _room_presence_in(self, room: Room, el: Element) -> list[Action]:
+    def _room_presence_in(self, room: Room, el: Element, now: float) -> list[Action]:
         audience = room.audience()
         if el.get("type") == "error":
-            return self._presence_error(room, el)
+            return self._presence_error(room, el, now)
         if not is_self_presence(room, el):
             track_occupant(room, el)
             if room.previous is not None and _same(room.previous.pop(jid.resource(el.get("from", "")) or "", None), el):
@@ -219,6 +222,8 @@ class MucRouter:
             if "303" in codes and new_nick(el):
                 room.nick = new_nick(el) or room.nick
                 return [Deliver(audience, el)] if audience else []
+            if "332" in codes:
+                return self._retry_later(room, now) + ([Deliver(audience, el)] if audience else [])
             # Kicked, banned, destroyed, shut down, or simply out: no automatic rejoin (§6.5).
             del self.rooms[room.jid]
             self.archive.release(room.jid)
@@ -234,6 +239,7 @@ class MucRouter:
         if room.phase is not Phase.JOINING:
             return [Deliver(room.audience(), el)] if room.audience() else []
         room.phase = Phase.JOINED
+        room.rejoin_delay = 0.0
         self.archive.hold(HeldRoom(room.jid, room.nick, room.password))
         log.info("room joined upstream", room=room.jid, nick=room.nick, sessions=len(room.audience()))
         actions: list[Action] = []
@@ -253,7 +259,9 @@ class MucRouter:
         room.pending.clear()
         return actions
 
-    def _presence_error(self, room: Room, el: Element) -> list[Action]:
+    def _presence_error(self, room: Room, el: Element, now: float) -> list[Action]:
+        if room.phase is Phase.JOINING and room.rejoin_delay and _error_condition(el) in _TRANSIENT:
+            return self._retry_later(room, now)  # the service is still down: keep trying
         if room.phase is Phase.JOINING:
             # A failed join leaves no state behind (SPEC §6.1). Sessions that were
             # in the room before a failed rejoin learn it as a 333 removal.
@@ -302,19 +310,45 @@ class MucRouter:
         """A new upstream session: every held room is joined again (SPEC §4)."""
         actions: list[Action] = []
         for room in self.rooms.values():
-            room.phase = Phase.JOINING
-            room.previous, room.occupants = room.occupants, {}
-            mine = [p for r, p in room.session_presence.items() if r in room.sessions]
-            join = _room_presence_of(room, mine)
-            x = stanza.child(join, ns.MUC, "x")
-            if room.password:
-                etree.SubElement(x, q(ns.MUC, "password")).text = room.password
-            last = self.archive.last_ts(room.jid)
-            if last is not None:
-                etree.SubElement(x, q(ns.MUC, "history"), since=stanza.utc_stamp(last))
-            room.sent_presence = stanza.serialize(_room_presence_of(room, mine))
-            actions.append(ToUpstream(join))
+            actions += self._join_upstream(room)
         return actions
+
+    def due(self, now: float) -> list[Action]:
+        """Rejoins whose backoff after a 332 ran out (SPEC §6.5)."""
+        actions: list[Action] = []
+        for room in self.rooms.values():
+            if room.rejoin_at is not None and room.rejoin_at <= now:
+                room.rejoin_at = None
+                actions += self._join_upstream(room)
+        return actions
+
+    def _retry_later(self, room: Room, now: float) -> list[Action]:
+        """The room's service shut down (332): the account's sessions are out, the account comes back."""
+        room.rejoin_delay = min(max(room.rejoin_delay * 2, _REJOIN_FIRST), _REJOIN_CAP)
+        room.rejoin_at = now + room.rejoin_delay
+        room.phase = Phase.JOINING
+        room.sessions.clear()
+        room.pending.clear()
+        room.session_presence.clear()
+        room.occupants.clear()
+        log.info("room rejoin scheduled", room=room.jid, delay=room.rejoin_delay)
+        return []
+
+    def _join_upstream(self, room: Room) -> list[Action]:
+        """Join ``room`` upstream again with what the account's sessions show, asking
+        for the history since the last archived message so the archive has no gap."""
+        room.phase = Phase.JOINING
+        room.previous, room.occupants = room.occupants, {}
+        mine = [p for r, p in room.session_presence.items() if r in room.sessions]
+        join = _room_presence_of(room, mine)
+        room.sent_presence = stanza.serialize(join)
+        x = stanza.child(join, ns.MUC, "x")
+        if room.password:
+            etree.SubElement(x, q(ns.MUC, "password")).text = room.password
+        last = self.archive.last_ts(room.jid)
+        if last is not None:
+            etree.SubElement(x, q(ns.MUC, "history"), since=stanza.utc_stamp(last))
+        return [ToUpstream(join)]
 
     def prune(self, now: float) -> int:
         """Apply archive retention to every held room (SPEC §7: the database stays bounded)."""

@@ -232,3 +232,18 @@ def test_failed_rejoin_tells_sessions_333(tmp_path):
     (gone,) = to(r.from_upstream(err, 200.0), "A")
     assert gone.get("type") == "unavailable" and {"110", "333"} <= {s.get("code") for s in gone.iter(f"{{{MUC_USER}}}status")}
     assert ROOM not in r.muc.rooms and archive.held() == []
+
+
+def test_service_shutdown_332_rejoins_with_backoff(tmp_path):
+    r, archive = setup(tmp_path)
+    complete_first_join(r)
+    actions = r.from_upstream(occupant("alice", ptype="unavailable", codes=("110", "332")), 300.0)
+    assert len(to(actions, "A")) == 1 and up(actions) == []
+    assert r.muc.due(303.0) == []  # not yet
+    (again,) = up(r.muc.due(306.0))
+    assert again.get("to") == f"{ROOM}/alice" and archive.held()  # still held, joining again
+    down = x(f"<presence from='{ROOM}/alice' to='{UP}' type='error'><error type='cancel'><service-unavailable xmlns='{ns.STANZA_ERRORS}'/></error></presence>")
+    r.from_upstream(down, 306.0)
+    assert r.muc.due(310.0) == [] and len(up(r.muc.due(317.0))) == 1  # 10 s the second time
+    r.from_upstream(occupant("alice", codes=("110",)), 317.0)
+    assert r.muc.rooms[ROOM].rejoin_delay == 0.0
