@@ -147,6 +147,10 @@ class Account:
             if self.router.muc is not None:
                 self._run(self.router.muc.due(now))
 
+    def refresh_presence(self) -> None:
+        """Send the account's presence again (a reload changed the idle presence)."""
+        self._run(self.router.refresh_presence())
+
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):
             conn.stream_error("system-shutdown")

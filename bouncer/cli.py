@@ -1,4 +1,4 @@
-"""The ``bouncer`` command: run, check-config, hash-password.
+"""The ``bouncer`` command: run, check-config, status, hash-password.
 
 User mistakes (config errors, mismatched passwords) end with one ``bouncer: ...`` line on
 stderr and a non-zero exit code, never a traceback (SPEC §2).
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 
 import structlog
 
+from bouncer import control
 from bouncer.config import ConfigError, load_config
 from bouncer.credentials import hash_password
 from bouncer.log import configure_logging
@@ -39,11 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, command, summary in (
         ("run", _run, "run in the foreground"),
         ("check-config", _check_config, "validate the config file and exit"),
+        ("status", _status, "show the running bouncer's upstream, sessions and rooms"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary)
         sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
                          help=f"config file (default: ./{DEFAULT_CONFIG})")
         sub.set_defaults(command=command)
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print the status as JSON")
     summary = "print a stored credential for downstream.password_hash"
     sub = commands.add_parser("hash-password", help=summary, description=summary)
     sub.set_defaults(command=_hash_password)
@@ -71,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         run(app.run(config))
     except KeyboardInterrupt:
         return 130
+    except app.StartupError as e:
+        return _fail(str(e))
     return 0
 
 
@@ -79,6 +86,23 @@ def _check_config(args: argparse.Namespace) -> int:
     print("ok")
     for warning in config.warnings:
         print(f"bouncer: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Ask the bouncer running with this config over its control socket."""
+    path = control.socket_path(control.storage_path_of(args.config))
+    try:
+        response = control.request(path, "status")
+    except control.NotRunning as e:
+        return _fail(f"no bouncer is running for {args.config}: {e}")
+    if not response.get("ok"):
+        return _fail(f"the bouncer answered with an error: {response.get('error')}")
+    status = response.get("status") or {}
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(control.format_status(status))
     return 0
 
 

@@ -117,6 +117,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     # Accepted but unwise settings, for the caller to log.
     warnings: tuple[str, ...] = ()
+    # The file this was read from (absolute), so SIGHUP can read it again.
+    source: str | None = field(default=None, compare=False)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -133,7 +135,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         name: section.build(_parse_section(name, document.get(name), section.keys), context)
         for name, section in _SECTIONS.items()
     }
-    return Config(**built, warnings=tuple(context.warnings))
+    return Config(**built, warnings=tuple(context.warnings), source=os.path.abspath(shown))
 
 
 # --- reading YAML -------------------------------------------------------------------------

@@ -32,9 +32,10 @@ def configure_logging(format: str = "auto", level: str = "info", *,
     """Send all logging to ``stream`` (default: the current ``sys.stderr``).
 
     ``format`` is auto/console/json (auto: console on a TTY, else JSON); ``level`` is
-    debug/info/warning/error. Under systemd (JOURNAL_STREAM set) console lines carry no
-    timestamp, since the journal adds its own. Records from stdlib logging are shown at
-    WARNING and above: aioxmpp is far too chatty below that.
+    debug/info/warning/error. Under systemd (JOURNAL_STREAM names this stream) lines carry
+    no timestamp, since the journal adds its own, and start with a ``<N>`` syslog priority
+    that journald strips and records, so ``journalctl -p warning`` works. Records from
+    stdlib logging are shown at WARNING and above: aioxmpp is far too chatty below that.
     """
     global _threshold, _stdlib_handler
     if format not in FORMATS or level not in LEVELS:
@@ -42,11 +43,14 @@ def configure_logging(format: str = "auto", level: str = "info", *,
     stream = stream or sys.stderr
     tty = stream.isatty()
     console = format == "console" or (format == "auto" and tty)
+    journal = _journal(stream)
 
     stamp: list[Processor] = []
-    if not console:
+    if journal is not None:
+        pass  # the journal stamps each line itself
+    elif not console:
         stamp = [structlog.processors.TimeStamper(fmt="iso", utc=True)]
-    elif "JOURNAL_STREAM" not in os.environ:
+    else:
         stamp = [structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False)]
 
     render: list[Processor]
@@ -57,6 +61,8 @@ def configure_logging(format: str = "auto", level: str = "info", *,
         render = [structlog.dev.ConsoleRenderer(colors=True)]
     else:
         render = [_one_line(structlog.dev.ConsoleRenderer(colors=False))]
+    if journal:
+        render = [*render[:-1], _syslog_priority(render[-1])]
 
     _threshold = LEVELS[level]
     structlog.configure(
@@ -84,6 +90,33 @@ def _drop_below_threshold(_logger: Any, method_name: str, event_dict: EventDict)
     if _METHOD_LEVELS.get(method_name, logging.CRITICAL) < _threshold:
         raise structlog.DropEvent
     return event_dict
+
+
+def _journal(stream: TextIO) -> bool | None:
+    """Whether ``stream`` is systemd's journal: None if not, True if JOURNAL_STREAM names
+    its file (device:inode, as sd_journal_stream_fd(3) says to check), False when it
+    cannot be checked (no file descriptor) but JOURNAL_STREAM is set."""
+    value = os.environ.get("JOURNAL_STREAM")
+    if not value:
+        return None
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True if value == f"{st.st_dev}:{st.st_ino}" else None
+
+
+# sd-daemon(3) priority prefixes, by structlog method name (stdlib records: levelname).
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+               "critical": 2, "fatal": 2}
+
+
+def _syslog_priority(renderer: Processor) -> Processor:
+    """Prefix each line with ``<N>`` so journald records the event's priority."""
+    def render(logger: Any, method_name: str, event_dict: EventDict) -> str:
+        line = str(renderer(logger, method_name, event_dict))
+        return f"<{_PRIORITIES.get(method_name, 5)}>{line}"
+    return render
 
 
 def _one_line(renderer: Processor) -> Processor:

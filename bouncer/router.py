@@ -304,6 +304,10 @@ class Router:
             return []  # errors and results are never answered
         return [Deliver((session.resource,), stanza.error_reply(el, "recipient-unavailable", "upstream queue is full"))]
 
+    def refresh_presence(self) -> list[Action]:
+        """The aggregate presence, recomputed from current settings."""
+        return self._account_presence()
+
     def _account_presence(self) -> list[Action]:
         """The aggregate presence upstream, sent only when it changed."""
         if not self.upstream_up:

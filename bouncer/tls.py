@@ -52,6 +52,13 @@ def fingerprint(cert_path: str) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
+def fingerprint_sha1(cert_path: str) -> str:
+    """SHA-1 fingerprint, as some clients (Profanity) still show it: ``AB:CD:...``."""
+    with open(cert_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    return cert.fingerprint(hashes.SHA1()).hex(":").upper()  # noqa: S303 - display only
+
+
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     """A fresh server context (TLS 1.2+); build a new one to pick up a replaced certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -148,6 +148,9 @@ class Connection:
 
     async def _start_tls(self) -> None:
         assert self._tls_context is not None
+        # Stop reading before <proceed/> goes out: the client's first TLS bytes
+        # must reach the TLS layer, not our StreamReader (start_tls resumes reading).
+        self._writer.transport.pause_reading()
         self._flush()
         await self._queue.join()  # <proceed/> must reach the client in clear text
         await self._writer.drain()

@@ -21,6 +21,7 @@ from support.prosody import Prosody, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOWNSTREAM_PASSWORD = "downstream-secret"
+_SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "RUNTIME_DIRECTORY")
 
 
 class Bouncer:
@@ -53,8 +54,11 @@ class Bouncer:
         self._lines: list[str] = []
         self._cond = threading.Condition()
 
-    def start(self, wait_upstream: bool = True, timeout: float = 20) -> "Bouncer":
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+    def start(self, wait_upstream: bool = True, timeout: float = 20, env: dict | None = None) -> "Bouncer":
+        """Run the process (``env``: extra environment variables, e.g. NOTIFY_SOCKET)."""
+        # Never the test runner's own service manager: only what the test passes.
+        inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARS}
+        env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bouncer", "run", "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
@@ -96,6 +100,17 @@ class Bouncer:
                 if left <= 0 or (self.proc and self.proc.poll() is not None and not found):
                     raise AssertionError(f"no {event!r} {fields} in bouncer log:\n{self.log_tail()}")
                 self._cond.wait(min(left, 0.5))
+
+    def write_config(self, config: dict) -> None:
+        """Replace the config file (a test then sends SIGHUP with :meth:`signal`)."""
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def read_config(self) -> dict:
+        return yaml.safe_load(self.config_path.read_text())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+        self.proc.send_signal(sig)
 
     def log_tail(self, n: int = 40) -> str:
         with self._cond:

@@ -1,0 +1,372 @@
+"""Shared pieces of the benchmarks: servers, sessions, rooms, measuring, printing.
+
+Every benchmark does the same work twice in one run, through the bouncer and
+directly on Prosody, each on a fresh Prosody (its per-message CPU grows after
+hundreds of logins; see /work/shared/notes/prosody-in-tests.md), and prints
+both figures and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from rawxmpp import Element, RawClient
+from support import muc
+from support.bouncer import DOWNSTREAM_PASSWORD, Bouncer
+from support.prosody import Prosody
+
+HOST = "127.0.0.1"
+ACCOUNT_NICK = "alice"
+NO_HISTORY = "<history maxstanzas='0'/>"
+LOGIN_CONCURRENCY = 64  # occupant logins in flight at once while populating rooms
+# The bouncer loses a TLS ClientHello that arrives right after its <proceed/> (its
+# connection reads on until start_tls swaps the protocol; ~1 in 3 immediate handshakes
+# hang on loopback). Bouncer sessions wait this long before the ClientHello; it is part
+# of their measured login time. See benchmarks/README.md.
+BOUNCER_TLS_DELAY = 0.002
+
+
+# ---- processes -------------------------------------------------------------------------
+@contextlib.contextmanager
+def fresh_prosody(workdir: Path) -> Iterator[Prosody]:
+    server = Prosody(base_dir=workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def running_bouncer(workdir: Path, prosody: Prosody, jid: str, password: str) -> Iterator[Bouncer]:
+    """The bouncer for ``jid``, logging at info (debug logs every stanza and would distort figures)."""
+    bouncer = Bouncer(Path(tempfile.mkdtemp(prefix="bouncer-", dir=workdir)), prosody, jid, password,
+                      log={"level": "info"})
+    bouncer.start()
+    try:
+        yield bouncer
+    except BaseException:
+        log(f"bouncer log tail:\n{bouncer.log_tail()}")
+        raise
+    finally:
+        bouncer.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat`` utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by some processes (and this one) between ``start`` and ``stop``."""
+
+    pids: dict[str, int]
+    used: dict[str, float] = field(default_factory=dict)
+    _before: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        self.used = {name: after[name] - self._before[name] for name in after}
+        return self.used
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample["benchmark"] = time.process_time()
+        return sample
+
+
+# ---- sessions --------------------------------------------------------------------------
+async def occupant(prosody: Prosody, gate: asyncio.Semaphore | None = None) -> RawClient:
+    """A fresh user logged in directly on Prosody, in clear text (cheap; loopback only)."""
+    jid, password = prosody.new_user("occ")
+    async with gate or contextlib.nullcontext():
+        return await RawClient.login(HOST, prosody.port, jid, password, tls=False, presence=False)
+
+
+async def direct_session(prosody: Prosody, jid: str, password: str, resource: str) -> RawClient:
+    """A session of the account on Prosody itself, over STARTTLS as a real client would."""
+    return await RawClient.login(HOST, prosody.port, jid, password, resource=resource)
+
+
+async def bouncer_session(bouncer: Bouncer, resource: str) -> RawClient:
+    """A session of the account through the bouncer (STARTTLS + PLAIN, the downstream password)."""
+    return await RawClient.login(HOST, bouncer.port, bouncer.jid, DOWNSTREAM_PASSWORD, resource=resource,
+                                 tls_delay=BOUNCER_TLS_DELAY)
+
+
+def abort_all(clients: Sequence[RawClient]) -> None:
+    for client in clients:
+        client.abort()
+
+
+SessionFactory = Callable[[str], Awaitable[RawClient]]  # resource -> a logged-in session
+
+
+@dataclass
+class Route:
+    """One way for the account's sessions to reach the rooms: through the bouncer or directly."""
+
+    name: str
+    prosody: Prosody
+    connect: SessionFactory
+    bouncer: Bouncer | None = None
+
+    async def timed_connect(self, resource: str) -> tuple[RawClient, float]:
+        """A new session and the seconds its login took (TCP, STARTTLS, SASL, bind, presence)."""
+        started = time.perf_counter()
+        client = await self.connect(resource)
+        return client, time.perf_counter() - started
+
+    @property
+    def bouncer_pid(self) -> int | None:
+        return self.bouncer.proc.pid if self.bouncer is not None else None
+
+    @property
+    def pids(self) -> dict[str, int]:
+        pids = {"prosody": self.prosody.pid}
+        if self.bouncer_pid is not None:
+            pids["bouncer"] = self.bouncer_pid
+        return pids
+
+
+ROUTES = ("bouncer", "direct")
+
+
+@contextlib.contextmanager
+def open_route(name: str, workdir: Path, prosody: Prosody) -> Iterator[Route]:
+    """A fresh account on ``prosody``; for ``bouncer``, with its bouncer running."""
+    jid, password = prosody.new_user("alice")
+    if name == "direct":
+        yield Route(name, prosody, lambda resource: direct_session(prosody, jid, password, resource))
+        return
+    with running_bouncer(workdir, prosody, jid, password) as bouncer:
+        yield Route(name, prosody, lambda resource: bouncer_session(bouncer, resource), bouncer)
+
+
+# ---- rooms -----------------------------------------------------------------------------
+def room_jid(prosody: Prosody, index: int) -> str:
+    return f"room{index}@{prosody.muc_domain}"
+
+
+def join_presence(room: str, nick: str, history: str = "") -> str:
+    return f"<presence to='{room}/{nick}'><x xmlns='{muc.MUC}'>{history}</x></presence>"
+
+
+@dataclass
+class Population:
+    """Rooms on a Prosody and the direct occupants sitting in them."""
+
+    rooms: list[str]
+    owners: list[RawClient]  # one per room, still recording what they receive
+    others: list[RawClient]  # silent: their input is read and dropped
+
+    @property
+    def clients(self) -> list[RawClient]:
+        return self.owners + self.others
+
+
+async def populate(prosody: Prosody, rooms: int, occupants: int, history: int) -> Population:
+    """``rooms`` rooms with a subject, ``history`` messages and ``occupants`` direct occupants each."""
+    gate = asyncio.Semaphore(LOGIN_CONCURRENCY)
+    jids = [room_jid(prosody, i) for i in range(1, rooms + 1)]
+    filled = await asyncio.gather(*(_populate_room(prosody, room, occupants, history, gate) for room in jids))
+    others = [client for _owner, rest in filled for client in rest]
+    for client in others:
+        client.discard()
+    return Population(jids, [owner for owner, _rest in filled], others)
+
+
+@contextlib.asynccontextmanager
+async def populated_route(
+    workdir: Path, route_name: str, args: argparse.Namespace
+) -> AsyncIterator[tuple[Route, Population]]:
+    """A fresh Prosody with rooms as ``args`` say (see :func:`add_room_options`) and the route to them."""
+    with fresh_prosody(workdir) as prosody:
+        population = await populate(prosody, args.rooms, args.occupants, args.history)
+        try:
+            with open_route(route_name, workdir, prosody) as route:
+                yield route, population
+        finally:
+            abort_all(population.clients)
+
+
+async def _populate_room(prosody: Prosody, room: str, occupants: int, history: int,
+                         gate: asyncio.Semaphore) -> tuple[RawClient, list[RawClient]]:
+    owner = await occupant(prosody, gate)
+    await muc.create_room(owner, room, "owner")
+    owner.send_xml(f"<message to='{room}' type='groupchat'><subject>Benchmark room {room}</subject></message>")
+    for i in range(history):
+        muc.send_groupchat(owner, room, f"history {i}")
+    if history:
+        await owner.wait_for(muc.groupchat(room, f"history {history - 1}"), 30)
+    rest = await asyncio.gather(*(_sit_in(prosody, room, f"occupant{i}", gate) for i in range(1, occupants)))
+    return owner, list(rest)
+
+
+async def _sit_in(prosody: Prosody, room: str, nick: str, gate: asyncio.Semaphore) -> RawClient:
+    client = await occupant(prosody, gate)
+    await muc.join(client, room, nick, history=NO_HISTORY, timeout=30)
+    return client
+
+
+class JoinWatch:
+    """A stanza handler that notes when every room sent its self-presence (110) and subject.
+
+    It looks at each stanza once, so that watching ten rooms of 50 occupants
+    costs the client no more than reading them.
+    """
+
+    def __init__(self, rooms: Sequence[str]) -> None:
+        self.missing = {room: {"self", "subject"} for room in rooms}
+        self.left = 2 * len(rooms)
+        self.stanzas = 0
+        self.finished: float | None = None
+        self.failed: Element | None = None
+        self.done = asyncio.Event()
+
+    def __call__(self, el: Element, _now: float) -> None:
+        self.stanzas += 1
+        room = el.get("from", "").split("/", 1)[0]
+        missing = self.missing.get(room)
+        if missing is None:
+            return
+        if el.get("type") == "error":
+            self.failed = el
+            self.done.set()
+        elif "self" in missing and muc.is_self_presence(room)(el):
+            self._got(missing, "self")
+        elif "subject" in missing and muc.is_subject(room)(el):
+            self._got(missing, "subject")
+
+    def _got(self, missing: set[str], what: str) -> None:
+        missing.discard(what)
+        self.left -= 1
+        if self.left == 0:
+            self.finished = time.perf_counter()
+            self.done.set()
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    seconds: float
+    stanzas: int  # everything the session received while joining
+
+
+async def join_all(client: RawClient, rooms: Sequence[str], nick: str = ACCOUNT_NICK,
+                   history: str = "", timeout: float = 60) -> JoinResult:
+    """Join every room at once (pipelined); time until all self-presences and subjects arrived."""
+    watch = JoinWatch(rooms)
+    client.on_stanza(watch)
+    started = time.perf_counter()
+    client.send_xml("".join(join_presence(room, nick, history) for room in rooms))
+    await asyncio.wait_for(watch.done.wait(), timeout)
+    if watch.failed is not None:
+        raise RuntimeError(f"join failed: {watch.failed.get('from')}")
+    assert watch.finished is not None
+    return JoinResult(watch.finished - started, watch.stanzas)
+
+
+# ---- figures -----------------------------------------------------------------------------
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def ratio(slower: float, faster: float) -> float:
+    return slower / faster if faster > 0 else float("inf")
+
+
+def cpu_per(cpu: dict[str, float], count: int) -> str:
+    """CPU per operation of each measured process, e.g. ``bouncer 20.0 ms  prosody 1.0 ms``."""
+    return "  ".join(f"{name} {ms(seconds / count)}" for name, seconds in sorted(cpu.items()))
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "NOT MET"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    print(f"\n{title}\n{line}")
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if i == 0:
+            print(line)
+    print(line, flush=True)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---- running ---------------------------------------------------------------------------------
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+    return parser
+
+
+def add_room_options(parser: argparse.ArgumentParser, repeat_help: str) -> None:
+    """The busy-rooms scenario shared by join_rooms.py and reconnect.py."""
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--occupants", type=int, default=50, help="direct occupants per room")
+    parser.add_argument("--history", type=int, default=20, help="messages in each room before the account joins")
+    parser.add_argument("--repeat", type=int, default=7, help=repeat_help)
+    add_profile_option(parser)
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the bouncer with py-spy during the measured trials and print its hot "
+                             "functions (pip install py-spy)")
+
+
+def run(main: Callable[[Path], Awaitable[bool]], keep: bool = False) -> None:
+    """Run ``main(workdir)`` in a fresh temporary directory; exit 0 when its targets are met."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    log(f"{os.cpu_count()} CPUs, load average {load_average()} (other work on the machine skews the figures)")
+    try:
+        met = asyncio.run(main(workdir))
+        log(f"load average at the end: {load_average()}")
+    finally:
+        if keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(0 if met else 1)
