@@ -18,6 +18,7 @@ import structlog
 from lxml import etree
 
 from bouncer.c2s import stream as core
+from bouncer.c2s.outbox import Outbox
 from bouncer.c2s.throttle import LoginThrottle
 
 if TYPE_CHECKING:
@@ -49,8 +50,7 @@ class Connection:
         self._account = account
         self._tls_context = tls_context
         self._throttle = throttle
-        self._queue: asyncio.Queue[bytes | Callable[[], None] | object] = asyncio.Queue()
-        self._cap = queue_cap
+        self._outbox = Outbox(queue_cap)
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.resource: str | None = None
@@ -87,11 +87,14 @@ class Connection:
             self._enqueue(data)
 
     def _enqueue(self, item: bytes | Callable[[], None] | object) -> None:
-        if self._queue.qsize() >= self._cap and item is not _CLOSE:
-            self.log.warning("session queue full, closing", queued=self._queue.qsize())
-            self._writer.transport.abort()
-            return
-        self._queue.put_nowait(item)
+        if isinstance(item, bytes):
+            if self._outbox.full():
+                self.log.warning("session queue full, closing", queued=self._outbox.waiting)
+                self._writer.transport.abort()
+                return
+            self._outbox.put_bytes(item)
+        else:
+            self._outbox.put_marker(item)
 
     # ---- lifetime ------------------------------------------------------------
     async def run(self) -> None:
@@ -152,27 +155,24 @@ class Connection:
         # must reach the TLS layer, not our StreamReader (start_tls resumes reading).
         self._writer.transport.pause_reading()
         self._flush()
-        await self._queue.join()  # <proceed/> must reach the client in clear text
+        await self._outbox.idle()  # <proceed/> must reach the client in clear text
         await self._writer.drain()
         await self._writer.start_tls(self._tls_context())
         self.stream.tls_started()
 
     async def _write_loop(self) -> None:
         while True:
-            item = await self._queue.get()
-            try:
-                if item is _CLOSE:
-                    await self._close_transport()
-                    return
-                if callable(item):
+            item = await self._outbox.get()
+            if item is _CLOSE:
+                await self._close_transport()
+                return
+            if callable(item):
+                await self._writer.drain()
+                item()
+            else:
+                self._writer.write(item)  # type: ignore[arg-type]
+                if self._outbox.empty():
                     await self._writer.drain()
-                    item()
-                else:
-                    self._writer.write(item)  # type: ignore[arg-type]
-                    if self._queue.empty():
-                        await self._writer.drain()
-            finally:
-                self._queue.task_done()
 
     async def _close_transport(self) -> None:
         try:
