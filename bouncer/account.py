@@ -18,7 +18,7 @@ from lxml import etree
 
 from bouncer import jid, ns, stanza
 from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
-from bouncer.muc.routing import MucRouter
+from bouncer.muc.routing import MucRouter, MucSettings
 from bouncer.router import Router, RouterSettings
 from bouncer.storage.archive import RoomArchive
 from bouncer.storage.offline import OfflineStore
@@ -223,7 +223,8 @@ class Account:
 
 def build_account(config: Config, db: sqlite3.Connection) -> Account:
     """The Account with its Router, room cache and stores, as the config says."""
-    muc = MucRouter(RoomArchive(db))
+    muc = MucRouter(RoomArchive(db), MucSettings())
+    apply_room_settings(muc, config)
     muc.restore()
     router = Router(
         RouterSettings(
@@ -236,3 +237,13 @@ def build_account(config: Config, db: sqlite3.Connection) -> Account:
         muc=muc,
     )
     return Account(router, OfflineStore(db))
+
+
+def apply_room_settings(muc: MucRouter, config: Config) -> None:
+    """History retention and room behaviour from the config (at start and on SIGHUP)."""
+    muc.archive.max_age_days = config.history.max_age_days
+    muc.archive.max_messages = config.history.max_messages
+    muc.settings = MucSettings(
+        history_default=config.history.default_messages,
+        leave_when_unused=config.muc.leave_when_unused,
+    )

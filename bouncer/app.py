@@ -21,7 +21,7 @@ import time
 import structlog
 
 from bouncer import __version__, jid
-from bouncer.account import Account, build_account
+from bouncer.account import Account, apply_room_settings, build_account
 from bouncer.c2s.listener import Listener
 from bouncer.c2s.stream import StreamSettings
 from bouncer.config import Config, ConfigError, load_config
@@ -280,6 +280,8 @@ class Service:
             upstream_queue=config.limits.upstream_queue,
         )
         router.iqs.timeout = config.limits.iq_timeout  # for IQs sent from now on
+        if router.muc is not None:
+            apply_room_settings(router.muc, config)
         if config.presence != self.config.presence:
             self.account.refresh_presence()  # a new idle presence shows at once
         self.config = config

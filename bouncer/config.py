@@ -97,6 +97,22 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The room archive (SPEC §7): how long it keeps messages, and history on a local join."""
+
+    max_age_days: float = 90.0
+    max_messages: int = 10000  # per room
+    default_messages: int = 20  # history for a join that asks for no particular amount
+
+
+@dataclass(frozen=True)
+class MucConfig:
+    """Account-level rooms (SPEC §6)."""
+
+    leave_when_unused: bool = False  # leave upstream once the last session left the room
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Output format (auto: console on a TTY, else JSON lines) and level."""
 
@@ -114,6 +130,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    muc: MucConfig = field(default_factory=MucConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Accepted but unwise settings, for the caller to log.
     warnings: tuple[str, ...] = ()
@@ -399,6 +417,12 @@ _SECTIONS: dict[str, _Section] = {
         "upstream_queue": _Key(_integer(1)),
         "session_queue": _Key(_integer(1)),
     }, _defaults_apply(LimitsConfig)),
+    "history": _Section({
+        "max_age_days": _Key(_positive_number),
+        "max_messages": _Key(_integer(1)),
+        "default_messages": _Key(_integer(0)),
+    }, _defaults_apply(HistoryConfig)),
+    "muc": _Section({"leave_when_unused": _Key(_boolean)}, _defaults_apply(MucConfig)),
     "log": _Section({
         "format": _Key(_choice(LogFormat)),
         "level": _Key(_choice(LogLevel)),

@@ -14,7 +14,7 @@ import dataclasses
 from bouncer.config import Config
 
 # Keys (section.key, or a whole section) that app.Service applies on reload.
-APPLIED = ("listen.tls", "listen.cert", "listen.key", "downstream", "presence", "limits", "log")
+APPLIED = ("listen.tls", "listen.cert", "listen.key", "downstream", "presence", "limits", "history", "muc", "log")
 
 
 def sections(config: Config) -> list[str]:

@@ -375,3 +375,21 @@ async def test_room_without_mam_is_served_from_the_archive(prosody, tmp_path):
     s.bouncer.wait_event("room MAM answered from the archive", room=room)
     await close(a, carol)
     assert s.bouncer.stop() == 0
+
+
+async def test_account_level_leave_when_the_last_session_leaves(prosody, tmp_path):
+    s = make_setup(prosody, tmp_path, muc={"leave_when_unused": True})
+    s.bouncer.start()
+    carol = await connect(*prosody.new_user("carol"), prosody.port)
+    room = f"brief{next(_rooms)}@{prosody.muc_domain}"
+    await create_room(carol, room, "carol")
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    b = await connect(f"{s.alice}/B", s.password, s.port)
+    await join(a, room, "alice")
+    await join(b, room, "alice")
+    a.send_xml(f"<presence to='{room}/alice' type='unavailable'/>")
+    await a.wait_for(lambda el: el.get("type") == "unavailable" and el.get("from") == f"{room}/alice")
+    b.send_xml(f"<presence to='{room}/alice' type='unavailable'/>")  # the last one: the account leaves
+    await carol.wait_for(from_occupant(room, "alice", ptype="unavailable"))
+    await close(a, b, carol)
+    assert s.bouncer.stop() == 0

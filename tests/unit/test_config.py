@@ -236,7 +236,7 @@ ERRORS = [
     (document(log={"level": "trace"}), "log.level", "'debug', 'info', 'warning', 'error'"),
     (document(log={"level": "INFO"}), "log.level", "got 'INFO'"),
     # top level
-    (document(histroy={}), "histroy", "unknown key (known keys: upstream, listen"),
+    (document(pubsub={}), "pubsub", "unknown key (known keys: upstream, listen"),
     (document(upstrem={}), "upstrem", "did you mean 'upstream'?"),
 ]
 
@@ -318,3 +318,18 @@ def test_long_values_are_shortened(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(write(tmp_path, document(log={"level": "x" * 500})))
     assert len(str(raised.value)) < 200
+
+
+def test_history_and_muc_sections(tmp_path: Path) -> None:
+    from bouncer.config import HistoryConfig, MucConfig
+
+    config = load_config(write(tmp_path, yaml.safe_dump(document())))
+    assert config.history == HistoryConfig() and config.muc == MucConfig()
+    text = yaml.safe_dump(document(history={"max_age_days": 7, "max_messages": 500, "default_messages": 0},
+                                   muc={"leave_when_unused": True}))
+    config = load_config(write(tmp_path, text))
+    assert config.history == HistoryConfig(max_age_days=7.0, max_messages=500, default_messages=0)
+    assert config.muc.leave_when_unused is True
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, yaml.safe_dump(document(muc={"leave_when_unused": "yes"}))))
+    assert err.value.key == "muc.leave_when_unused"

@@ -68,5 +68,5 @@ def test_certificate_and_credentials_apply(tmp_path: Path) -> None:
 
 
 def test_keys_nobody_applies_need_a_restart() -> None:
-    assert needs_restart("history.retention_days")  # a section reload does not know yet
+    assert needs_restart("push.endpoint")  # a section reload does not know yet
     assert needs_restart("upstream.ca_file") and needs_restart("storage.path")
