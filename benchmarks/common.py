@@ -32,11 +32,6 @@ HOST = "127.0.0.1"
 ACCOUNT_NICK = "alice"
 NO_HISTORY = "<history maxstanzas='0'/>"
 LOGIN_CONCURRENCY = 64  # occupant logins in flight at once while populating rooms
-# The bouncer loses a TLS ClientHello that arrives right after its <proceed/> (its
-# connection reads on until start_tls swaps the protocol; ~1 in 3 immediate handshakes
-# hang on loopback). Bouncer sessions wait this long before the ClientHello; it is part
-# of their measured login time. See benchmarks/README.md.
-BOUNCER_TLS_DELAY = 0.002
 
 
 # ---- processes -------------------------------------------------------------------------
@@ -108,8 +103,7 @@ async def direct_session(prosody: Prosody, jid: str, password: str, resource: st
 
 async def bouncer_session(bouncer: Bouncer, resource: str) -> RawClient:
     """A session of the account through the bouncer (STARTTLS + PLAIN, the downstream password)."""
-    return await RawClient.login(HOST, bouncer.port, bouncer.jid, DOWNSTREAM_PASSWORD, resource=resource,
-                                 tls_delay=BOUNCER_TLS_DELAY)
+    return await RawClient.login(HOST, bouncer.port, bouncer.jid, DOWNSTREAM_PASSWORD, resource=resource)
 
 
 def abort_all(clients: Sequence[RawClient]) -> None:

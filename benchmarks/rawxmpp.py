@@ -96,18 +96,14 @@ class RawClient:
     @classmethod
     async def login(
         cls, host: str, port: int, jid: str, password: str, *,
-        resource: str | None = None, tls: bool = True, presence: bool = True, tls_delay: float = 0.0,
+        resource: str | None = None, tls: bool = True, presence: bool = True,
     ) -> RawClient:
-        """Connect to ``host:port`` and log in as bare ``jid``; returns once bound.
-
-        ``tls_delay``: seconds to wait between ``<proceed/>`` and the TLS ClientHello,
-        for servers that lose a ClientHello arriving too soon (see the README).
-        """
+        """Connect to ``host:port`` and log in as bare ``jid``; returns once bound."""
         username, domain = jid.split("@", 1)
         reader, writer = await asyncio.open_connection(host, port)
         client = cls(reader, writer, domain)
         try:
-            await client._negotiate(username, password, resource, tls, tls_delay)
+            await client._negotiate(username, password, resource, tls)
         except BaseException:
             writer.transport.abort()
             raise
@@ -116,16 +112,13 @@ class RawClient:
         client._task = asyncio.create_task(client._read_loop())
         return client
 
-    async def _negotiate(self, username: str, password: str, resource: str | None, tls: bool,
-                         tls_delay: float) -> None:
+    async def _negotiate(self, username: str, password: str, resource: str | None, tls: bool) -> None:
         features = await self._open_stream()
         if tls:
             if features.find(f"{{{NS_TLS}}}starttls") is None:
                 raise XmppError("STARTTLS not offered")
             self.send_xml(f"<starttls xmlns='{NS_TLS}'/>")
             self._expect(await self._next(), f"{{{NS_TLS}}}proceed")
-            if tls_delay:
-                await asyncio.sleep(tls_delay)
             await self._start_tls()
             await self._open_stream()
         self.send_xml(_plain_auth(username, password))
