@@ -140,6 +140,9 @@ class Router:
             actions += [Deliver(me, p) for p in self.contacts.values()]
             actions += [Deliver(me, self.sessions[r].presence) for r in others]  # type: ignore[arg-type]
             actions.append(FlushStored(session.resource))
+        if el.get("type") == "unavailable" and self.muc is not None:
+            # Going unavailable leaves every room, as a server ends directed presence.
+            actions += self.muc.session_gone(session.resource)
         return actions + self._account_presence()
 
     def _session_iq(self, session: Session, el: Element, now: float) -> list[Action]:

@@ -247,3 +247,13 @@ def test_service_shutdown_332_rejoins_with_backoff(tmp_path):
     assert r.muc.due(310.0) == [] and len(up(r.muc.due(317.0))) == 1  # 10 s the second time
     r.from_upstream(occupant("alice", codes=("110",)), 317.0)
     assert r.muc.rooms[ROOM].rejoin_delay == 0.0
+
+
+def test_session_going_unavailable_leaves_its_rooms_quietly(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    join(r, "B")
+    actions = r.from_session("B", x(f"<presence from='{ACCOUNT}/B' type='unavailable'/>"), 0)
+    assert [e for e in up(actions) if e.get("to", "").startswith(ROOM)] == []  # the account stays
+    assert "B" not in r.muc.rooms[ROOM].sessions
+    assert to(r.from_upstream(groupchat("bob", "later", "s20"), 110.0), "B") == []
