@@ -29,6 +29,7 @@ from bouncer.tls import ensure_certificate, fingerprint
 from integration_setup import make_setup
 from support.bouncer import REPO
 from support.clients import body_is, close, connect
+from support.muc import create_room, groupchat, join, send_groupchat
 from support.prosody import free_port
 
 
@@ -268,6 +269,14 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
     s = setup
     a = await connect(f"{s.alice}/A", s.password, s.port)
     b = await connect(f"{s.alice}/B", s.password, s.port)
+    carol = await connect(*s.prosody.new_user("carol"), s.prosody.port)
+    room = f"status-{s.alice.split('@')[0]}@{s.prosody.muc_domain}"
+    await create_room(carol, room, "carol")
+    await join(a, room, "alice")
+    await join(b, room, "alice")
+    send_groupchat(carol, room, "counted")
+    await a.wait_for(groupchat(room, "counted"))
+    await b.wait_for(groupchat(room, "counted"))
     path = control_socket(s)
     assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
 
@@ -275,10 +284,11 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
     assert (code, err) == (0, ""), err
     assert re.search(rf"^upstream: connected as {re.escape(s.alice)}/\S+ via 127\.0\.0\.1:{s.prosody.port} "
                      r"since .*, 0 reconnects$", out, re.M), out
-    assert re.search(r"^sessions: 2$", out, re.M) and re.search(r"^rooms: 0$", out, re.M), out
+    assert re.search(r"^sessions: 2$", out, re.M) and re.search(r"^rooms: 1$", out, re.M), out
     for resource in ("A", "B"):
         assert re.search(rf"^  {resource}  from 127\.0\.0\.1:\d+ since .*, available, csi active, "
-                         r"sm off, rooms: none$", out, re.M), out
+                         rf"sm off, rooms: {re.escape(room)}$", out, re.M), out
+    assert re.search(rf"^  {re.escape(room)}.*2 occupants.*2 sessions \(A, B\).*1 archived", out, re.M), out
 
     code, out, err = await bouncer_cli("status", "-c", str(s.bouncer.config_path), "--json")
     assert (code, err) == (0, ""), err
@@ -289,10 +299,13 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
     assert sorted(x["resource"] for x in status["sessions"]) == ["A", "B"]
     for session in status["sessions"]:
         assert session["client"].startswith("127.0.0.1:") and session["since"] > 0
-        assert session["csi"] == "active" and session["rooms"] == []
-    assert status["rooms"] == []
+        assert session["csi"] == "active" and session["rooms"] == [room]
+    (held,) = status["rooms"]
+    assert (held["room"], held["nick"], held["occupants"], held["sessions"], held["archived"]) == (
+        room, "alice", 2, ["A", "B"], 1)
+    assert held["last_message"] > 0
     assert status["bouncer"]["pid"] == s.bouncer.proc.pid and status["bouncer"]["ready"] is True
-    await close(a, b)
+    await close(a, b, carol)
 
 
 async def test_status_when_nothing_runs_exits_1(prosody, tmp_path):
