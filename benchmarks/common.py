@@ -364,3 +364,16 @@ def run(main: Callable[[Path], Awaitable[bool]], keep: bool = False) -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(0 if met else 1)
+
+
+def run_room_benchmark(doc: str, measure, report, repeat_help: str) -> None:
+    """The command line of join_rooms.py and reconnect.py: every route measured, then reported."""
+    parser = argument_parser(doc.splitlines()[0])
+    add_room_options(parser, repeat_help=repeat_help)
+    args = parser.parse_args()
+
+    async def main(workdir: Path) -> bool:
+        outcomes = {name: await measure(workdir, name, args) for name in ROUTES}
+        return report(outcomes, args)
+
+    run(main, keep=args.keep)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
-from common import ROUTES, CpuMeter, JoinResult, Route, log, median, ms
+from common import CpuMeter, JoinResult, Route, log, median, ms
 from profiling import profiled
 
 TARGET = 10.0
@@ -79,13 +79,5 @@ def report(outcomes: dict[str, Outcome], args) -> bool:
     return met
 
 
-async def main(workdir: Path, args) -> bool:
-    outcomes = {name: await measure(workdir, name, args) for name in ROUTES}
-    return report(outcomes, args)
-
-
 if __name__ == "__main__":
-    parser = common.argument_parser(__doc__.splitlines()[0])
-    common.add_room_options(parser, repeat_help="second-session joins per route")
-    arguments = parser.parse_args()
-    common.run(lambda workdir: main(workdir, arguments), keep=arguments.keep)
+    common.run_room_benchmark(__doc__, measure, report, repeat_help="second-session joins per route")
