@@ -157,19 +157,29 @@ class Router:
             return [Deliver((session.resource,), stanza.iq_result(el))]
         if to is not None and to == self.upstream_jid:
             answer = local_iq.answer(el)
-            return [Deliver((session.resource,), answer if answer is not None else stanza.error_reply(el, "service-unavailable"))]
+            answer = answer if answer is not None else stanza.error_reply(el, "service-unavailable")
+            return [Deliver((session.resource,), answer)]
         if to is not None:
             self.peers[jid.bare(to)] = session.resource
         if not self.upstream_up:
             return [Deliver((session.resource,), stanza.error_reply(el, "remote-server-timeout", "upstream is reconnecting"))]
-        room = self.muc is not None and to is not None and jid.resource(to) is None and self.muc.holds(to)
-        if room and mam.parse(el) is not None and self.muc.serves_mam(to):  # type: ignore[union-attr,arg-type]
-            return [Deliver((session.resource,), a) for a in self.muc.mam_answer(el)]  # type: ignore[union-attr]
-        augment = None
-        if local_iq.is_disco_info_get(el):
-            augment = "room" if room else "server" if to is None or jid.bare(to) in (self.account, jid.domain(self.account)) else None
-        fallback = stanza.clone(el) if room and mam.parse(el) is not None else None
-        return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, augment=augment, fallback=fallback))]
+        if self.muc is not None and to is not None and jid.resource(to) is None and self.muc.holds(to):
+            return self._room_iq(session, el, now)
+        server = to is None or jid.bare(to) in (self.account, jid.domain(self.account))
+        augment = "server" if server and local_iq.is_disco_info_get(el) else None
+        return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, augment=augment))]
+
+    def _room_iq(self, session: Session, el: Element, now: float) -> list[Action]:
+        """An IQ to a held room: MAM the archive serves itself, or upstream, remembering
+        what to add to a disco#info answer and what to fall back on if MAM fails."""
+        assert self.muc is not None
+        is_mam = mam.parse(el) is not None
+        if is_mam and self.muc.serves_mam(el.get("to", "")):
+            return [Deliver((session.resource,), answer) for answer in self.muc.mam_answer(el)]
+        augment = "room" if local_iq.is_disco_info_get(el) else None
+        fallback = stanza.clone(el) if is_mam else None
+        outbound = self.iqs.outbound(stanza.without_from(el), session.resource, now, augment=augment, fallback=fallback)
+        return [ToUpstream(outbound)]
 
     # ---- from upstream -----------------------------------------------------
     def from_upstream(self, el: Element, now: float) -> list[Action]:
@@ -220,7 +230,7 @@ class Router:
         body = stanza.payload(el)
         node = body.get("node") if body is not None and body.tag == q(ns.DISCO_INFO, "query") else None
         if node is not None:
-            return next((r for r, s in self.sessions.items() if s.presence is not None and presence.caps_node(s.presence) == node), None)
+            return next((r for r, s in self.sessions.items() if _caps_node(s) == node), None)
         peer = self.peers.get(jid.bare(el.get("from", "")))
         if peer in self.sessions:
             return peer
@@ -346,3 +356,7 @@ def _worth_keeping(msg: Element) -> bool:
         return False
     children = [c for c in msg if isinstance(c.tag, str)]
     return not children or any(etree.QName(c).namespace not in (ns.CHATSTATES,) for c in children)
+
+
+def _caps_node(session: Session) -> str | None:
+    return None if session.presence is None else presence.caps_node(session.presence)

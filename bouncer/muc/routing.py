@@ -105,9 +105,8 @@ class MucRouter:
         if el.tag == stanza.MESSAGE and el.get("type") == "chat" and jid.resource(el.get("to", "")):
             # A private message: copied to the sibling sessions in that room (SPEC §13).
             siblings = tuple(r for r in room.sessions if r != resource)
-            return ([Deliver(siblings, carbons.sent_carbon(el, jid.bare(session_jid)))] if siblings else []) + [
-                ToUpstream(stanza.without_from(el))
-            ]
+            copy = carbons.sent_carbon(el, jid.bare(session_jid))
+            return _fan(siblings, copy) + [ToUpstream(stanza.without_from(el))]
         return None
 
     def _session_presence(self, resource: str, session_jid: str, el: Element, now: float) -> list[Action] | None:
@@ -152,9 +151,7 @@ class MucRouter:
         was_in = resource in room.sessions or resource in room.pending
         self._forget_session(room, resource)
         actions: list[Action] = [Deliver((resource,), replay.leave_presence(room, session_jid))] if was_in else []
-        if not room.audience() and self.settings.leave_when_unused:
-            return actions + self.leave_room(room.jid)
-        return actions + self._room_presence(room)
+        return actions + self._after_departure(room)
 
     def leave_room(self, room_jid: str) -> list[Action]:
         """Account-level leave: the account itself goes (SPEC §6.3)."""
@@ -174,11 +171,14 @@ class MucRouter:
         for room in list(self.rooms.values()):
             if resource in room.sessions or resource in room.pending:
                 self._forget_session(room, resource)
-                if not room.audience() and self.settings.leave_when_unused:
-                    actions += self.leave_room(room.jid)
-                else:
-                    actions += self._room_presence(room)
+                actions += self._after_departure(room)
         return actions
+
+    def _after_departure(self, room: Room) -> list[Action]:
+        """Once a session is out: the account leaves too if configured so, else its presence is updated."""
+        if not room.audience() and self.settings.leave_when_unused:
+            return self.leave_room(room.jid)
+        return self._room_presence(room)
 
     def _forget_session(self, room: Room, resource: str) -> None:
         room.sessions.discard(resource)
@@ -216,19 +216,19 @@ class MucRouter:
             track_occupant(room, el)
             if room.previous is not None and _same(room.previous.pop(jid.resource(el.get("from", "")) or "", None), el):
                 return []  # rejoining: the sessions already know this occupant as it is
-            return [Deliver(audience, el)] if audience else []
+            return _fan(audience, el)
         if el.get("type") == "unavailable":
             codes = status_codes(el)
             if "303" in codes and new_nick(el):
                 room.nick = new_nick(el) or room.nick
-                return [Deliver(audience, el)] if audience else []
+                return _fan(audience, el)
             if "332" in codes:
-                return self._retry_later(room, now) + ([Deliver(audience, el)] if audience else [])
+                return self._retry_later(room, now) + (_fan(audience, el))
             # Kicked, banned, destroyed, shut down, or simply out: no automatic rejoin (§6.5).
             del self.rooms[room.jid]
             self.archive.release(room.jid)
             log.info("left room", room=room.jid, reason=_gone_reason(el, codes))
-            return [Deliver(audience, el)] if audience else []
+            return _fan(audience, el)
         return self._self_available(room, el)
 
     def _self_available(self, room: Room, el: Element) -> list[Action]:
@@ -237,7 +237,7 @@ class MucRouter:
         room.nick = jid.resource(el.get("from", "")) or room.nick
         room.nick_change_by = None
         if room.phase is not Phase.JOINING:
-            return [Deliver(room.audience(), el)] if room.audience() else []
+            return _fan(room.audience(), el)
         room.phase = Phase.JOINED
         room.rejoin_delay = 0.0
         self.archive.hold(HeldRoom(room.jid, room.nick, room.password))
@@ -268,14 +268,11 @@ class MucRouter:
             del self.rooms[room.jid]
             self.archive.release(room.jid)
             log.info("room join failed", room=room.jid, condition=_error_condition(el))
-            actions: list[Action] = [Deliver(tuple(sorted(room.pending)), el)] if room.pending else []
-            if room.sessions:
-                actions.append(Deliver(tuple(sorted(room.sessions)), replay.removed_presence(room)))
-            return actions
+            return _fan(tuple(sorted(room.pending)), el) + _fan(tuple(sorted(room.sessions)), replay.removed_presence(room))
         target = room.nick_change_by
         room.nick_change_by = None
-        targets = (target,) if target in room.sessions else room.audience()
-        return [Deliver(targets, el)] if targets else []  # type: ignore[arg-type]
+        targets = (target,) if target is not None and target in room.sessions else room.audience()
+        return _fan(targets, el)
 
     def _room_message(self, room: Room, el: Element, now: float) -> list[Action] | None:
         mtype = el.get("type")
@@ -285,13 +282,13 @@ class MucRouter:
                 if _same(room.subject, el):
                     # A rejoin repeats the subject: only sessions ending a join need it.
                     targets = tuple(sorted(waiting & room.sessions))
-                    return [Deliver(targets, el)] if targets else []
+                    return _fan(targets, el)
                 room.subject = el
             elif not self._archive(room, el, now):
                 return []  # already archived and fanned out (history repeated on rejoin)
-            return [Deliver(room.audience(), el)] if room.audience() else []
+            return _fan(room.audience(), el)
         if mtype == "error":
-            return [Deliver(room.audience(), el)] if room.audience() else []
+            return _fan(room.audience(), el)
         if mtype == "chat" and jid.resource(el.get("from", "")) and room.sessions:
             return [Deliver(tuple(sorted(room.sessions)), el)]  # a PM from an occupant (§6.8)
         return None
@@ -409,6 +406,11 @@ def _room_presence_of(room: Room, session_presences: list[Element]) -> Element:
         agg.remove(x)
     agg.set("to", room.occupant_jid)
     return agg
+
+
+def _fan(resources: tuple[str, ...], el: Element) -> list[Action]:
+    """Deliver ``el`` to these sessions, if there are any."""
+    return [Deliver(resources, el)] if resources else []
 
 
 def _same(a: Element | None, b: Element) -> bool:
