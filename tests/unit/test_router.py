@@ -211,3 +211,14 @@ def test_incoming_iq_is_answered_or_routed():
     session(r, "b")
     r.from_session("b", x(f"<message from='{ACCOUNT}/b' to='bob@example.org/x' type='chat'><body>call?</body></message>"), 0)
     assert list(delivered(from_up(r, jingle))) == ["b"]
+
+
+def test_disco_with_caps_node_goes_to_the_session_that_advertised_it():
+    r = router()
+    r.bind("a")
+    r.from_session("a", x(f"<presence from='{ACCOUNT}/a'/>"), 0)
+    r.bind("b")
+    caps = f"<c xmlns='{ns.CAPS}' hash='sha-1' node='https://dino.im' ver='abc='/>"
+    r.from_session("b", x(f"<presence from='{ACCOUNT}/b'>{caps}</presence>"), 0)
+    query = x(f"<iq type='get' id='d' from='bob@example.org/x' to='{UP}'><query xmlns='{ns.DISCO_INFO}' node='https://dino.im#abc='/></iq>")
+    assert list(delivered(from_up(r, query))) == ["b"]
