@@ -27,6 +27,7 @@ class PendingIq:
     augment: str | None = None  # "server" or "room": a disco#info result to add our features to
     fallback: etree._Element | None = None  # a room MAM query the archive answers if the room cannot
     mam_queryid: str | None = None  # upstream queryid to forget with the result
+    roster_get: bool = False  # the session's roster request: its answer comes before presences
 
 
 @dataclass
@@ -57,6 +58,8 @@ class IqTracker:
         """Re-id ``iq`` (in place) for upstream and remember who asked."""
         new_id = self.new_id()
         entry = PendingIq(resource, iq.get("id"), iq.get("to"), now + self.timeout, augment, fallback)
+        body = stanza.payload(iq)
+        entry.roster_get = iq.get("type") == "get" and body is not None and body.tag == ns.q(ns.ROSTER, "query")
         query = mam_query(iq)
         if query is not None:
             upstream_qid = f"{new_id}-q"
@@ -106,6 +109,10 @@ class IqTracker:
             del self.pending[upstream_id]
         for qid in [i for i, m in self.mam.items() if m.resource == resource]:
             del self.mam[qid]
+
+    def roster_get_of(self, resource: str) -> str | None:
+        """The upstream id of a roster request this session is waiting for, if any."""
+        return next((i for i, p in self.pending.items() if p.resource == resource and p.roster_get), None)
 
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self.pending.values()), default=None)

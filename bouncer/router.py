@@ -37,6 +37,10 @@ class Session:
     token: int
     presence: Element | None = None  # last available broadcast presence; None: not available
     carbons: bool = False
+    # Contacts' presences wait for this roster request's answer: a server answers the
+    # roster before presences arrive, and clients (poezio) drop presences of contacts
+    # they do not know yet.
+    replay_after: str | None = None
 
 
 @dataclass
@@ -136,14 +140,20 @@ class Router:
         others = tuple(r for r in self._available() if r != session.resource)
         actions: list[Action] = [Deliver(others, el)] if others else []
         if first:
-            me = (session.resource,)
-            actions += [Deliver(me, p) for p in self.contacts.values()]
-            actions += [Deliver(me, self.sessions[r].presence) for r in others]  # type: ignore[arg-type]
+            session.replay_after = self.iqs.roster_get_of(session.resource)
+            if session.replay_after is None:
+                actions += self._replay_presences(session)
             actions.append(FlushStored(session.resource))
         if el.get("type") == "unavailable" and self.muc is not None:
             # Going unavailable leaves every room, as a server ends directed presence.
             actions += self.muc.session_gone(session.resource)
         return actions + self._account_presence()
+
+    def _replay_presences(self, session: Session) -> list[Action]:
+        """What a server sends a resource after its initial presence: contacts and siblings."""
+        me = (session.resource,)
+        siblings = [s.presence for r, s in self.sessions.items() if r != session.resource and s.presence is not None]
+        return [Deliver(me, p) for p in [*self.contacts.values(), *siblings]]
 
     def _session_iq(self, session: Session, el: Element, now: float) -> list[Action]:
         to = el.get("to")
@@ -200,6 +210,7 @@ class Router:
 
     def _upstream_iq(self, el: Element) -> list[Action]:
         if stanza.is_error_or_result(el):
+            upstream_id = el.get("id", "")
             entry = self.iqs.inbound(el)
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
@@ -209,7 +220,7 @@ class Router:
                 local_iq.augment_disco(el)
             elif entry.augment == "room" and el.get("type") == "result" and self.muc is not None:
                 self.muc.room_features(el)
-            return [Deliver((entry.resource,), el)]
+            return [Deliver((entry.resource,), el)] + self._after_roster(upstream_id)
         body = stanza.payload(el)
         if body is not None and body.tag == q(ns.ROSTER, "query") and _from_account_or_server(el, self.account):
             # Roster push: the bouncer acknowledges it once and tells every session.
@@ -273,7 +284,7 @@ class Router:
             self._sent_presence = None
             for upstream_id, entry in list(self.iqs.pending.items()):
                 del self.iqs.pending[upstream_id]
-                actions += self._iq_timeout_error(entry)
+                actions += self._iq_timeout_error(entry, upstream_id)
             # Carbons bring copies of what the account's other real resources
             # send; a roster get makes the session an "interested resource"
             # that gets roster pushes (RFC 6121 §2.1.6).
@@ -295,16 +306,24 @@ class Router:
     def expire(self, now: float) -> list[Action]:
         """Errors for IQs whose answer did not come in time (SPEC §5)."""
         actions: list[Action] = []
-        for _, entry in self.iqs.expired(now):
-            actions += self._iq_timeout_error(entry)
+        for upstream_id, entry in self.iqs.expired(now):
+            actions += self._iq_timeout_error(entry, upstream_id)
         return actions
 
     # ---- helpers -----------------------------------------------------------
-    def _iq_timeout_error(self, entry) -> list[Action]:
+    def _after_roster(self, upstream_id: str) -> list[Action]:
+        """The presences a session's first presence held back until its roster arrived."""
+        for session in self.sessions.values():
+            if session.replay_after == upstream_id:
+                session.replay_after = None
+                return self._replay_presences(session) if session.presence is not None else []
+        return []
+
+    def _iq_timeout_error(self, entry, upstream_id: str = "") -> list[Action]:
         if entry.resource not in self.sessions:
             return []
         probe = stanza.make("iq", type="get", id=entry.original_id, to=entry.original_to, from_=self.sessions[entry.resource].jid)
-        return [Deliver((entry.resource,), stanza.error_reply(probe, "remote-server-timeout"))]
+        return [Deliver((entry.resource,), stanza.error_reply(probe, "remote-server-timeout"))] + self._after_roster(upstream_id)
 
     def _upstream(self, el: Element, session: Session) -> list[Action]:
         """Send upstream now, or queue while it reconnects; past the cap, say so."""

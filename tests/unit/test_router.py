@@ -222,3 +222,15 @@ def test_disco_with_caps_node_goes_to_the_session_that_advertised_it():
     r.from_session("b", x(f"<presence from='{ACCOUNT}/b'>{caps}</presence>"), 0)
     query = x(f"<iq type='get' id='d' from='bob@example.org/x' to='{UP}'><query xmlns='{ns.DISCO_INFO}' node='https://dino.im#abc='/></iq>")
     assert list(delivered(from_up(r, query))) == ["b"]
+
+
+def test_contacts_presence_waits_for_the_roster_the_session_asked_for():
+    r = router()
+    from_up(r, x(f"<presence from='bob@example.org/x' to='{UP}'/>"))
+    r.bind("a")
+    (roster_get,) = upstream(r.from_session("a", x(f"<iq type='get' id='r1' from='{ACCOUNT}/a'><query xmlns='{ns.ROSTER}'/></iq>"), 0))
+    actions = r.from_session("a", x(f"<presence from='{ACCOUNT}/a'/>"), 0)
+    assert b"bob@example.org/x" not in b"".join(delivered(actions).get("a", []))  # not before the roster
+    result = x(f"<iq type='result' id='{roster_get.get('id')}' to='{UP}'><query xmlns='{ns.ROSTER}'><item jid='bob@example.org' subscription='both'/></query></iq>")
+    got = delivered(from_up(r, result))["a"]
+    assert b"jabber:iq:roster" in got[0] and b"bob@example.org/x" in got[1]  # roster first, then presence
