@@ -30,7 +30,7 @@ from bouncer.log import configure_logging
 from bouncer.notify import Notifier
 from bouncer.reload import differences, in_force, needs_restart
 from bouncer.storage.db import open_database
-from bouncer.tls import ensure_certificate, fingerprint, fingerprint_sha1, server_context
+from bouncer.tls import ensure_certificate, fingerprints, server_context
 from bouncer.upstream import UpstreamEstablished, UpstreamEvent, UpstreamLink, UpstreamSettings
 
 log = structlog.get_logger("bouncer")
@@ -298,11 +298,10 @@ class Service:
         # The direct-TLS socket got its context once, when it was bound: switch each new
         # handshake over to the current one (the callback runs with or without SNI).
         context.sni_callback = self._switch_context
-        sha256, sha1 = fingerprint(cert), fingerprint_sha1(cert)
-        if (cert, sha256) != self._cert:
-            self._cert = (cert, sha256)
-            log.info("using self-signed certificate" if generated else "using certificate",
-                     path=cert, sha256=sha256, sha1=sha1)
+        shown = fingerprints(cert)
+        if (cert, shown["sha256"]) != self._cert:
+            self._cert = (cert, shown["sha256"])
+            log.info("using self-signed certificate" if generated else "using certificate", path=cert, **shown)
         return context
 
     def _current_tls(self) -> ssl.SSLContext:

@@ -46,17 +46,26 @@ def ensure_certificate(storage_dir: str, domain: str) -> tuple[str, str, str]:
 
 
 def fingerprint(cert_path: str) -> str:
-    """SHA-256 fingerprint of a PEM certificate as clients show it: ``AB:CD:...``."""
-    with open(cert_path, "rb") as f:
-        cert = x509.load_pem_x509_certificate(f.read())
-    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    """SHA-256 fingerprint of a PEM certificate as most clients show it: ``AB:CD:...``."""
+    return fingerprints(cert_path)["sha256"]
 
 
-def fingerprint_sha1(cert_path: str) -> str:
-    """SHA-1 fingerprint, as some clients (Profanity) still show it: ``AB:CD:...``."""
+def fingerprints(cert_path: str) -> dict[str, str]:
+    """The fingerprints clients show, to compare before trusting the certificate.
+
+    ``sha256`` of the certificate (Conversations, Gajim, Dino), ``sha1`` of it
+    (Profanity), and ``spki_sha256`` of its public key (poezio).
+    """
     with open(cert_path, "rb") as f:
         cert = x509.load_pem_x509_certificate(f.read())
-    return cert.fingerprint(hashes.SHA1()).hex(":").upper()  # noqa: S303 - display only
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return {
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        "sha1": cert.fingerprint(hashes.SHA1()).hex(":").upper(),  # noqa: S303 - display only
+        "spki_sha256": digest.finalize().hex(":").upper(),
+    }
 
 
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:

@@ -78,3 +78,17 @@ def test_server_context_serves_the_certificate(tmp_path: Path) -> None:
     assert der is not None
     assert fingerprint(cert_path) == digest
     assert x509.load_der_x509_certificate(der) == _load(cert_path)
+
+
+def test_fingerprints_as_clients_show_them(tmp_path):
+    import hashlib
+    import subprocess
+
+    from bouncer.tls import ensure_certificate, fingerprints
+
+    cert, _key, sha256 = ensure_certificate(str(tmp_path), "example.org")
+    shown = fingerprints(cert)
+    assert shown["sha256"] == sha256 and len(shown["sha1"].split(":")) == 20
+    pub = subprocess.run(["openssl", "x509", "-in", cert, "-pubkey", "-noout"], capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pub, capture_output=True, check=True).stdout
+    assert shown["spki_sha256"] == hashlib.sha256(der).digest().hex(":").upper()
