@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-try:  # tests/ is not a package: pytest puts this directory on sys.path
-    from support.prosody import Prosody, client_ssl_context
-except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from tests.support.prosody import Prosody, client_ssl_context
+from support.bouncer import kill_leftovers
+from support.prosody import Prosody, client_ssl_context
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +41,10 @@ def prosody_factory(tmp_path):
 def tls_client_context():
     """The shared permissive ``ssl.SSLContext`` for test peers (no verification)."""
     return client_ssl_context()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_bouncers():
+    """A test that fails before stopping its bouncer must not leave it running."""
+    yield
+    kill_leftovers()

@@ -67,6 +67,7 @@ class Bouncer:
             env=env,
             text=True,
         )
+        RUNNING.add(self)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         self.wait_event("listening", timeout=timeout)
         if wait_upstream:
@@ -126,6 +127,22 @@ class Bouncer:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"bouncer did not stop on SIGTERM:\n{self.log_tail()}")
+
+
+    def kill(self) -> None:
+        """SIGKILL, for cleaning up after a test that failed before stopping it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# Every bouncer a test started, so none outlives a failed test (see tests/conftest.py).
+RUNNING: set[Bouncer] = set()
+
+
+def kill_leftovers() -> None:
+    while RUNNING:
+        RUNNING.pop().kill()
 
 
 def _matches(entry: dict, event: str, fields: dict) -> bool:
