@@ -246,4 +246,5 @@ def apply_room_settings(muc: MucRouter, config: Config) -> None:
     muc.settings = MucSettings(
         history_default=config.history.default_messages,
         leave_when_unused=config.muc.leave_when_unused,
+        self_ping_after=config.muc.self_ping_after,
     )

@@ -110,6 +110,7 @@ class MucConfig:
     """Account-level rooms (SPEC §6)."""
 
     leave_when_unused: bool = False  # leave upstream once the last session left the room
+    self_ping_after: float = 900.0  # seconds of silence before the account checks it is in (XEP-0410)
 
 
 @dataclass(frozen=True)
@@ -422,7 +423,10 @@ _SECTIONS: dict[str, _Section] = {
         "max_messages": _Key(_integer(1)),
         "default_messages": _Key(_integer(0)),
     }, _defaults_apply(HistoryConfig)),
-    "muc": _Section({"leave_when_unused": _Key(_boolean)}, _defaults_apply(MucConfig)),
+    "muc": _Section({
+        "leave_when_unused": _Key(_boolean),
+        "self_ping_after": _Key(_positive_number),
+    }, _defaults_apply(MucConfig)),
     "log": _Section({
         "format": _Key(_choice(LogFormat)),
         "level": _Key(_choice(LogLevel)),

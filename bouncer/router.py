@@ -194,7 +194,7 @@ class Router:
     # ---- from upstream -----------------------------------------------------
     def from_upstream(self, el: Element, now: float) -> list[Action]:
         if el.tag == stanza.IQ:
-            return self._upstream_iq(el)
+            return self._upstream_iq(el, now)
         owner = self.iqs.mam_result(el) if el.tag == stanza.MESSAGE else None
         if owner is not None:
             return [Deliver((owner,), el)] if owner in self.sessions else []
@@ -208,10 +208,12 @@ class Router:
             return self._upstream_presence(el)
         return []
 
-    def _upstream_iq(self, el: Element) -> list[Action]:
+    def _upstream_iq(self, el: Element, now: float) -> list[Action]:
         if stanza.is_error_or_result(el):
             upstream_id = el.get("id", "")
             entry = self.iqs.inbound(el)
+            if entry is None and self.muc is not None:
+                return self.muc.ping_answer(el, now) or []
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
             if entry.fallback is not None and el.get("type") == "error" and self.muc is not None:

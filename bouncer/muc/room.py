@@ -51,6 +51,9 @@ class Room:
     last_message: float | None = None
     own_mam: bool = False  # the room has no MAM: the bouncer's archive answers queries (§7)
     rejoin_at: float | None = None  # after a 332 (service shut down): when to try again
+    heard_at: float = 0.0  # when the room last sent the account anything
+    ping_id: str | None = None  # the account's self-ping in flight (XEP-0410)
+    ping_sent: float = 0.0
     rejoin_delay: float = 0.0  # the current backoff; 0 when not recovering
     # While the account rejoins after an upstream outage: the occupants the
     # sessions already know (each one seen again is dropped from here), and the

@@ -8,6 +8,7 @@ stanza-id not yet archived) decides whether it is fanned out at all.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import structlog
@@ -45,6 +46,8 @@ _TRANSIENT = {"remote-server-not-found", "remote-server-timeout", "service-unava
 class MucSettings:
     history_default: int = 20  # messages on a local join without <history/>
     leave_when_unused: bool = False  # leave upstream when the last session leaves
+    self_ping_after: float = 900.0  # silence (s) after which the account checks it is still in
+    self_ping_timeout: float = 120.0  # no answer by then: inconclusive, try again later
 
 
 @dataclass
@@ -52,6 +55,7 @@ class MucRouter:
     archive: RoomArchive
     settings: MucSettings = field(default_factory=MucSettings)
     rooms: dict[str, Room] = field(default_factory=dict)
+    _pings: itertools.count = field(default_factory=itertools.count)
 
     def restore(self) -> None:
         """Rooms held before a restart: joined again once upstream is up."""
@@ -202,6 +206,7 @@ class MucRouter:
     # ---- from the room -----------------------------------------------------------
     def from_upstream(self, el: Element, now: float) -> list[Action] | None:
         room = self.rooms[jid.bare(el.get("from", ""))]
+        room.heard_at = now
         if el.tag == stanza.PRESENCE:
             return self._room_presence_in(room, el, now)
         if el.tag == stanza.MESSAGE:
@@ -311,13 +316,43 @@ class MucRouter:
         return actions
 
     def due(self, now: float) -> list[Action]:
-        """Rejoins whose backoff after a 332 ran out (SPEC §6.5)."""
+        """Time-driven room work: rejoins after a 332 (SPEC §6.5), self-pings after silence (§6.10)."""
         actions: list[Action] = []
         for room in self.rooms.values():
             if room.rejoin_at is not None and room.rejoin_at <= now:
                 room.rejoin_at = None
                 actions += self._join_upstream(room)
+            elif room.phase is Phase.JOINED:
+                actions += self._self_ping(room, now)
         return actions
+
+    def _self_ping(self, room: Room, now: float) -> list[Action]:
+        if room.ping_id is not None:
+            if now - room.ping_sent > self.settings.self_ping_timeout:
+                room.ping_id, room.heard_at = None, now  # no answer (the server may be restarting)
+            return []
+        if now - (room.heard_at or now) < self.settings.self_ping_after:
+            room.heard_at = room.heard_at or now
+            return []
+        room.ping_id, room.ping_sent = f"bnc-ping-{next(self._pings)}", now
+        ping = stanza.make("iq", type="get", id=room.ping_id, to=room.occupant_jid)
+        stanza.child(ping, ns.PING, "ping")
+        return [ToUpstream(ping)]
+
+    def ping_answer(self, iq: Element, now: float) -> list[Action] | None:
+        """The answer to the account's self-ping; None when ``iq`` is not one.
+
+        XEP-0410: not-acceptable or item-not-found mean the account is no longer
+        in the room, so it rejoins; anything else means it is (or cannot be told).
+        """
+        room = self.rooms.get(jid.bare(iq.get("from", "")))
+        if room is None or room.ping_id is None or iq.get("id") != room.ping_id:
+            return None
+        room.ping_id, room.heard_at = None, now
+        if iq.get("type") == "error" and _error_condition(iq) in ("not-acceptable", "item-not-found"):
+            log.info("room dropped the account, rejoining", room=room.jid)
+            return self._join_upstream(room)
+        return []
 
     def _retry_later(self, room: Room, now: float) -> list[Action]:
         """The room's service shut down (332): the account's sessions are out, the account comes back."""

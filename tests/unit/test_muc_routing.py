@@ -257,3 +257,26 @@ def test_session_going_unavailable_leaves_its_rooms_quietly(tmp_path):
     assert [e for e in up(actions) if e.get("to", "").startswith(ROOM)] == []  # the account stays
     assert "B" not in r.muc.rooms[ROOM].sessions
     assert to(r.from_upstream(groupchat("bob", "later", "s20"), 110.0), "B") == []
+
+
+def test_account_self_pings_after_silence_and_rejoins_when_forgotten(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)  # the room last spoke at 100.0
+    assert r.muc.due(100.0 + 899) == []
+    (ping,) = up(r.muc.due(100.0 + 901))
+    assert ping.get("to") == f"{ROOM}/alice" and ping.find("{urn:xmpp:ping}ping") is not None
+    assert r.muc.due(100.0 + 950) == []  # one ping at a time
+    # no answer in time: inconclusive (a restarting server), asked again after more silence
+    assert r.muc.due(100.0 + 901 + 121) == [] and r.muc.rooms[ROOM].ping_id is None
+    (ping,) = up(r.muc.due(100.0 + 901 + 121 + 901))
+    gone = x(f"<iq type='error' id='{ping.get('id')}' from='{ROOM}/alice' to='{UP}'><error type='cancel'><not-acceptable xmlns='{ns.STANZA_ERRORS}'/></error></iq>")
+    (rejoin,) = up(r.from_upstream(gone, 3000.0))
+    assert rejoin.get("to") == f"{ROOM}/alice" and rejoin.find(f"{{{ns.MUC}}}x") is not None
+
+
+def test_self_ping_result_means_still_joined(tmp_path):
+    r, _ = setup(tmp_path)
+    complete_first_join(r)
+    (ping,) = up(r.muc.due(2000.0))
+    ok = x(f"<iq type='result' id='{ping.get('id')}' from='{ROOM}/alice' to='{UP}'/>")
+    assert r.from_upstream(ok, 2001.0) == [] and r.muc.due(2002.0) == []
