@@ -112,7 +112,7 @@ class Account:
                 if resource in self.router.sessions
             ],
             "rooms": self.router.muc.status() if self.router.muc is not None else [],
-            "stored": len(self.offline.pending()),
+            "stored": self.offline.count(),
         }
 
     def connection_closed(self, conn: Connection) -> None:

@@ -30,6 +30,9 @@ class OfflineStore:
         rows = self._conn.execute("SELECT id, received, stanza FROM offline ORDER BY id").fetchall()
         return [StoredStanza(*row) for row in rows]
 
+    def count(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM offline").fetchone()[0]
+
     def delete(self, ids: list[int]) -> None:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]

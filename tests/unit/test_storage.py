@@ -18,7 +18,7 @@ def test_created_on_first_open_and_reopened_without_loss(tmp_path):
     pending = store.pending()
     assert [p.id for p in pending] == ids and pending[0].stanza == b"<m n='0'/>" and pending[2].received == 102.0
     store.delete(ids[:2])
-    assert [p.id for p in store.pending()] == ids[2:]
+    assert [p.id for p in store.pending()] == ids[2:] and store.count() == 1
 
 
 def test_newer_schema_is_refused(tmp_path):
