@@ -213,7 +213,7 @@ class Router:
             upstream_id = el.get("id", "")
             entry = self.iqs.inbound(el)
             if entry is None and self.muc is not None:
-                return self.muc.ping_answer(el, now) or []
+                return self.muc.own_answer(el, now) or []
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
             if entry.fallback is not None and el.get("type") == "error" and self.muc is not None:

@@ -54,6 +54,9 @@ class Room:
     heard_at: float = 0.0  # when the room last sent the account anything
     ping_id: str | None = None  # the account's self-ping in flight (XEP-0410)
     ping_sent: float = 0.0
+    catchup_after: str | None = None  # after a rejoin: page the room's MAM from this stanza-id
+    catchup_id: str | None = None  # the catch-up query in flight (its IQ id and queryid)
+    catchup_ts: float = 0.0  # archive time of the last caught-up message: keeps MAM order
     rejoin_delay: float = 0.0  # the current backoff; 0 when not recovering
     # While the account rejoins after an upstream outage: the occupants the
     # sessions already know (each one seen again is dropped from here), and the

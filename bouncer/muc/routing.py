@@ -281,15 +281,20 @@ class MucRouter:
 
     def _room_message(self, room: Room, el: Element, now: float) -> list[Action] | None:
         mtype = el.get("type")
+        if room.catchup_id is not None:
+            result = el.find(q(mam.MAM, "result"))
+            if result is not None and result.get("queryid") == room.catchup_id:
+                return self._caught_up_message(room, el, result, now)
         if mtype == "groupchat":
             if subject_message(el):
+                catchup = self._start_catchup(room)  # the join is complete: fill the gap
                 waiting, room.awaiting_subject = room.awaiting_subject, set()
                 if _same(room.subject, el):
                     # A rejoin repeats the subject: only sessions ending a join need it.
-                    targets = tuple(sorted(waiting & room.sessions))
-                    return _fan(targets, el)
+                    return _fan(tuple(sorted(waiting & room.sessions)), el) + catchup
                 room.subject = el
-            elif not self._archive(room, el, now):
+                return _fan(room.audience(), el) + catchup
+            if not self._archive(room, el, now):
                 return []  # already archived and fanned out (history repeated on rejoin)
             return _fan(room.audience(), el)
         if mtype == "error":
@@ -339,15 +344,20 @@ class MucRouter:
         stanza.child(ping, ns.PING, "ping")
         return [ToUpstream(ping)]
 
-    def ping_answer(self, iq: Element, now: float) -> list[Action] | None:
-        """The answer to the account's self-ping; None when ``iq`` is not one.
-
-        XEP-0410: not-acceptable or item-not-found mean the account is no longer
-        in the room, so it rejoins; anything else means it is (or cannot be told).
-        """
+    def own_answer(self, iq: Element, now: float) -> list[Action] | None:
+        """The answer to an IQ the account sent a room itself; None when ``iq`` is not one."""
         room = self.rooms.get(jid.bare(iq.get("from", "")))
-        if room is None or room.ping_id is None or iq.get("id") != room.ping_id:
+        if room is None or not iq.get("id"):
             return None
+        if iq.get("id") == room.catchup_id:
+            return self._catchup_done(room, iq)
+        if iq.get("id") == room.ping_id:
+            return self._ping_answer(room, iq, now)
+        return None
+
+    def _ping_answer(self, room: Room, iq: Element, now: float) -> list[Action]:
+        """XEP-0410: not-acceptable or item-not-found mean the account is no longer
+        in the room, so it rejoins; anything else means it is (or cannot be told)."""
         room.ping_id, room.heard_at = None, now
         if iq.get("type") == "error" and _error_condition(iq) in ("not-acceptable", "item-not-found"):
             log.info("room dropped the account, rejoining", room=room.jid)
@@ -380,7 +390,54 @@ class MucRouter:
         last = self.archive.last_ts(room.jid)
         if last is not None:
             etree.SubElement(x, q(ns.MUC, "history"), since=stanza.utc_stamp(last))
+        room.catchup_after = None if room.own_mam else self.archive.last_stanza_id(room.jid)
+        room.catchup_ts = last or 0.0
         return [ToUpstream(join)]
+
+    # ---- catch-up from the room's MAM after a rejoin (SPEC §7: the archive has no gap) ----
+    def _start_catchup(self, room: Room) -> list[Action]:
+        after, room.catchup_after = room.catchup_after, None
+        return [] if after is None else self._catchup_page(room, after)
+
+    def _catchup_page(self, room: Room, after: str) -> list[Action]:
+        room.catchup_id = f"bnc-catchup-{next(self._pings)}"
+        iq = stanza.make("iq", type="set", id=room.catchup_id, to=room.jid)
+        query = stanza.child(iq, mam.MAM, "query", queryid=room.catchup_id)
+        rsm = stanza.child(query, mam.RSM, "set")
+        etree.SubElement(rsm, q(mam.RSM, "max")).text = str(mam.MAX_PAGE)
+        etree.SubElement(rsm, q(mam.RSM, "after")).text = after
+        return [ToUpstream(iq)]
+
+    def _caught_up_message(self, room: Room, wrapper: Element, result: Element, now: float) -> list[Action]:
+        """A message the room archived while the account was away: archived here, and shown
+        (with its delay) to the sessions in the room, which missed it too."""
+        fwd = result.find(q(mam.FORWARD, "forwarded"))
+        inner = None if fwd is None else fwd.find(q(ns.CLIENT, "message"))
+        if inner is None:
+            return []
+        msg = stanza.clone(inner)
+        msg.set("to", wrapper.get("to", ""))
+        delay = fwd.find(q(mam.DELAY, "delay"))  # type: ignore[union-attr]
+        if delay is not None and stanza.find(msg, ns.DELAY, "delay") is None:
+            msg.append(stanza.clone(delay))
+        sid = stanza_id(msg, room.jid) or result.get("id")
+        if msg.get("type") != "groupchat" or not sid:
+            return []
+        if stanza_id(msg, room.jid) is None:
+            stanza.child(msg, ns.STANZA_ID, "stanza-id", by=room.jid, id=sid)
+        # Delay stamps are often whole seconds: MAM's order decides among equal times.
+        room.catchup_ts = max(history.delay_stamp(msg) or now, room.catchup_ts + 0.000001)
+        new = self.archive.place(room.jid, sid, room.catchup_ts, jid.resource(msg.get("from", "")), stanza.serialize(msg))
+        return _fan(tuple(sorted(room.sessions)), msg) if new else []
+
+    def _catchup_done(self, room: Room, iq: Element) -> list[Action]:
+        room.catchup_id = None
+        fin = iq.find(q(mam.MAM, "fin"))
+        last = None if fin is None else fin.findtext(f"{q(mam.RSM, 'set')}/{q(mam.RSM, 'last')}")
+        if iq.get("type") == "result" and fin is not None and fin.get("complete") != "true" and last:
+            return self._catchup_page(room, last)
+        log.info("room caught up", room=room.jid, ok=iq.get("type") == "result")
+        return []
 
     def prune(self, now: float) -> int:
         """Apply archive retention to every held room (SPEC §7: the database stays bounded)."""

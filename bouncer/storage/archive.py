@@ -57,6 +57,15 @@ class RoomArchive:
         )
         return cur.rowcount == 1
 
+    def place(self, room: str, stanza_id: str, ts: float, nick: str | None, stanza: bytes) -> bool:
+        """Store, or move an already stored message to ``ts``: the room's MAM order wins over
+        the order messages first arrived in (history on rejoin can come before older ones).
+        True when the message is new."""
+        if self.store(room, stanza_id, ts, nick, stanza):
+            return True
+        self._conn.execute("UPDATE muc_archive SET ts = ? WHERE room = ? AND stanza_id = ?", (ts, room, stanza_id))
+        return False
+
     def latest(self, room: str, limit: int, *, since: float | None = None) -> list[ArchivedMessage]:
         """The newest ``limit`` messages (after ``since``), oldest first."""
         rows = self._conn.execute(
@@ -112,6 +121,14 @@ class RoomArchive:
             (room, archive_id, _local_rowid(archive_id)),
         ).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def last_stanza_id(self, room: str) -> str | None:
+        """The room's id of the newest message it numbered: where a MAM catch-up starts."""
+        row = self._conn.execute(
+            "SELECT stanza_id FROM muc_archive WHERE room = ? AND stanza_id IS NOT NULL ORDER BY ts DESC, id DESC LIMIT 1",
+            (room,),
+        ).fetchone()
+        return None if row is None else row[0]
 
     def last_ts(self, room: str) -> float | None:
         row = self._conn.execute("SELECT MAX(ts) FROM muc_archive WHERE room = ?", (room,)).fetchone()

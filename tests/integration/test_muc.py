@@ -395,3 +395,28 @@ async def test_account_level_leave_when_the_last_session_leaves(prosody, tmp_pat
     await carol.wait_for(from_occupant(room, "alice", ptype="unavailable"))
     await close(a, b, carol)
     assert s.bouncer.stop() == 0
+
+
+async def test_messages_missed_while_the_bouncer_was_down_are_caught_up_from_room_mam(prosody, tmp_path):
+    s = make_setup(prosody, tmp_path)
+    s.bouncer.start()
+    carol = await connect(*prosody.new_user("carol"), prosody.port)
+    room = f"gapless{next(_rooms)}@{prosody.muc_domain}"
+    await create_room(carol, room, "carol")
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    await join(a, room, "alice")
+    send_groupchat(carol, room, "before the crash")
+    await a.wait_for(groupchat(room, "before the crash"))
+    await close(a)
+    s.bouncer.kill()  # a crash: the room keeps talking, more than its 20-message history
+    for i in range(30):
+        send_groupchat(carol, room, f"missed {i}")
+    await carol.wait_for(groupchat(room, "missed 29"))
+    s.bouncer.start()
+    s.bouncer.wait_event("room caught up", room=room, ok=True, timeout=20)
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    start, _ = await join(a, room, "alice", history="<history maxstanzas='100'/>")
+    bodies = [e[1] for e in order_of(a, room, start) if e[0] == "history"]
+    assert bodies == ["before the crash"] + [f"missed {i}" for i in range(30)]
+    await close(a, carol)
+    assert s.bouncer.stop() == 0

@@ -72,3 +72,13 @@ def test_archive_pages_like_rsm(tmp_path):
     assert ids(archive.page("r@m", limit=10, nick="bob")) == ["s1", "s3"]
     assert ids(archive.page("r@m", limit=10, start=103.0)) == ["s3", "s4"]
     assert archive.page("r@m", limit=2, after="nope") is None
+
+
+def test_place_moves_a_known_message_to_the_rooms_order(tmp_path):
+    from bouncer.storage.archive import RoomArchive
+
+    archive = RoomArchive(open_database(tmp_path / "a.sqlite"))
+    archive.store("r@m", "late", 100.0, "bob", b"<m n='late'/>")  # arrived first (history)
+    assert archive.place("r@m", "early", 100.1, "bob", b"<m n='early'/>") is True
+    assert archive.place("r@m", "late", 100.2, "bob", b"<m n='late'/>") is False  # known: moved, not copied
+    assert [m.stanza_id for m in archive.latest("r@m", 10)] == ["early", "late"] and archive.count("r@m") == 2
