@@ -280,3 +280,29 @@ def test_self_ping_result_means_still_joined(tmp_path):
     (ping,) = up(r.muc.due(2000.0))
     ok = x(f"<iq type='result' id='{ping.get('id')}' from='{ROOM}/alice' to='{UP}'/>")
     assert r.from_upstream(ok, 2001.0) == [] and r.muc.due(2002.0) == []
+
+
+def test_rejoin_catches_up_from_room_mam_after_the_last_archived_id(tmp_path):
+    r, archive = setup(tmp_path)
+    complete_first_join(r)  # archived s1
+    r.upstream_established(UP, resumed=False)
+    for el in (occupant("bob"), occupant("alice", codes=("110",))):
+        r.from_upstream(el, 200.0)
+    subject = x(f"<message from='{ROOM}' to='{UP}' type='groupchat'><subject>Topic</subject></message>")
+    (query,) = up(r.from_upstream(subject, 200.0))
+    assert query.get("to") == ROOM and query.findtext(".//{http://jabber.org/protocol/rsm}after") == "s1"
+    qid = query.get("id")
+
+    def result(sid, body):
+        return x(f"<message from='{ROOM}' to='{UP}'><result xmlns='urn:xmpp:mam:2' queryid='{qid}' id='{sid}'>"
+                 f"<forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2026-01-01T00:00:00Z'/>"
+                 f"<message xmlns='jabber:client' from='{ROOM}/bob' type='groupchat'><body>{body}</body></message>"
+                 f"</forwarded></result></message>")
+
+    got = to(r.from_upstream(result("s2", "missed"), 201.0), "A")
+    assert [e.findtext("{jabber:client}body") for e in got] == ["missed"]
+    assert got[0].find("{urn:xmpp:delay}delay") is not None and got[0].get("to") == UP
+    assert r.from_upstream(result("s2", "missed"), 201.0) == []  # once
+    fin = x(f"<iq type='result' id='{qid}' from='{ROOM}' to='{UP}'><fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>")
+    assert r.from_upstream(fin, 202.0) == []
+    assert [m.stanza_id for m in archive.latest(ROOM, 10)] == ["s1", "s2"]
