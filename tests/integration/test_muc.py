@@ -31,14 +31,21 @@ class World:
         self.s, self.room, self.carol, self.a, self.b = s, room, carol, a, b
 
 
+async def bouncer_and_room(prosody, tmp_path, prefix: str, *, room_config: dict | None = None, **overrides):
+    """A running bouncer for a fresh account, carol on Prosody owning a new room, and
+    session A of the account (not yet joined)."""
+    s = make_setup(prosody, tmp_path, **overrides)
+    s.bouncer.start()
+    carol = await connect(*prosody.new_user("carol"), prosody.port)
+    room = f"{prefix}{next(_rooms)}x{s.alice.split('@')[0]}@{prosody.muc_domain}"
+    await create_room(carol, room, "carol", config=room_config)
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    return s, carol, room, a
+
+
 @pytest.fixture
 async def world(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path)
-    s.bouncer.start()
-    room = f"room{next(_rooms)}x{s.alice.split('@')[0]}@{prosody.muc_domain}"
-    carol = await connect(*prosody.new_user("carol"), prosody.port)
-    await create_room(carol, room, "carol")
-    a = await connect(f"{s.alice}/A", s.password, s.port)
+    s, carol, room, a = await bouncer_and_room(prosody, tmp_path, "room")
     b = await connect(f"{s.alice}/B", s.password, s.port)
     w = World(s, room, carol, a, b)
     yield w
@@ -233,12 +240,8 @@ async def test_room_iq_and_self_ping_answer_only_the_asker(world):
 
 
 async def test_join_errors_leave_no_state(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path)
-    s.bouncer.start()
-    carol = await connect(*prosody.new_user("carol"), prosody.port)
-    room = f"locked{next(_rooms)}@{prosody.muc_domain}"
-    await create_room(carol, room, "carol", config={"muc#roomconfig_passwordprotectedroom": "1", "muc#roomconfig_roomsecret": "sesame"})
-    a = await connect(f"{s.alice}/A", s.password, s.port)
+    secret = {"muc#roomconfig_passwordprotectedroom": "1", "muc#roomconfig_roomsecret": "sesame"}
+    s, carol, room, a = await bouncer_and_room(prosody, tmp_path, "locked", room_config=secret)
     a.send_xml(f"<presence to='{room}/alice' id='bad'><x xmlns='http://jabber.org/protocol/muc'><password>wrong</password></x></presence>")
     err = await a.wait_for(lambda el: el.get("id") == "bad")
     assert err.get("type") == "error" and err.find(".//{urn:ietf:params:xml:ns:xmpp-stanzas}not-authorized") is not None
@@ -250,12 +253,7 @@ async def test_join_errors_leave_no_state(prosody, tmp_path):
 
 
 async def test_bouncer_restart_keeps_archive_and_rejoins(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path)
-    s.bouncer.start()
-    carol = await connect(*prosody.new_user("carol"), prosody.port)
-    room = f"kept{next(_rooms)}@{prosody.muc_domain}"
-    await create_room(carol, room, "carol")
-    a = await connect(f"{s.alice}/A", s.password, s.port)
+    s, carol, room, a = await bouncer_and_room(prosody, tmp_path, "kept")
     await join(a, room, "alice")
     send_groupchat(carol, room, "remember me")
     await a.wait_for(groupchat(room, "remember me"))
@@ -355,12 +353,7 @@ async def test_room_mam_goes_through_to_the_asker_only(world):
 
 
 async def test_room_without_mam_is_served_from_the_archive(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path)
-    s.bouncer.start()
-    carol = await connect(*prosody.new_user("carol"), prosody.port)
-    room = f"nomam{next(_rooms)}@{prosody.muc_domain}"
-    await create_room(carol, room, "carol", config={"muc#roomconfig_enablearchiving": "0"})
-    a = await connect(f"{s.alice}/A", s.password, s.port)
+    s, carol, room, a = await bouncer_and_room(prosody, tmp_path, "nomam", room_config={"muc#roomconfig_enablearchiving": "0"})
     await join(a, room, "alice")
     for i in range(5):
         send_groupchat(carol, room, f"kept {i}")
@@ -380,12 +373,7 @@ async def test_room_without_mam_is_served_from_the_archive(prosody, tmp_path):
 
 
 async def test_account_level_leave_when_the_last_session_leaves(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path, muc={"leave_when_unused": True})
-    s.bouncer.start()
-    carol = await connect(*prosody.new_user("carol"), prosody.port)
-    room = f"brief{next(_rooms)}@{prosody.muc_domain}"
-    await create_room(carol, room, "carol")
-    a = await connect(f"{s.alice}/A", s.password, s.port)
+    s, carol, room, a = await bouncer_and_room(prosody, tmp_path, "brief", muc={"leave_when_unused": True})
     b = await connect(f"{s.alice}/B", s.password, s.port)
     await join(a, room, "alice")
     await join(b, room, "alice")
@@ -398,12 +386,7 @@ async def test_account_level_leave_when_the_last_session_leaves(prosody, tmp_pat
 
 
 async def test_messages_missed_while_the_bouncer_was_down_are_caught_up_from_room_mam(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path)
-    s.bouncer.start()
-    carol = await connect(*prosody.new_user("carol"), prosody.port)
-    room = f"gapless{next(_rooms)}@{prosody.muc_domain}"
-    await create_room(carol, room, "carol")
-    a = await connect(f"{s.alice}/A", s.password, s.port)
+    s, carol, room, a = await bouncer_and_room(prosody, tmp_path, "gapless")
     await join(a, room, "alice")
     send_groupchat(carol, room, "before the crash")
     await a.wait_for(groupchat(room, "before the crash"))
