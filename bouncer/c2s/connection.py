@@ -170,9 +170,11 @@ class Connection:
                 await self._writer.drain()
                 item()
             else:
+                # Drain after every (coalesced) write: a client that reads slowly then
+                # holds stanzas in the outbox, where the cap sees them, instead of in
+                # the transport's buffer, which has no bound (SPEC §11).
                 self._writer.write(item)  # type: ignore[arg-type]
-                if self._outbox.empty():
-                    await self._writer.drain()
+                await self._writer.drain()
 
     async def _close_transport(self) -> None:
         try:
