@@ -8,7 +8,6 @@ link, SQLite). Everything runs on the one event loop, so no locks.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from xml.sax.saxutils import escape
 from typing import TYPE_CHECKING, Protocol
@@ -16,13 +15,13 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from lxml import etree
 
-from bouncer import jid, ns, stanza
+from bouncer.xmpp import ids, jid, ns, stanza
 from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
 from bouncer.muc.routing import MucRouter, MucSettings
 from bouncer.router import Router, RouterSettings
 from bouncer.storage.archive import RoomArchive
 from bouncer.storage.offline import OfflineStore
-from bouncer.upstream import UpstreamDown, UpstreamEstablished, UpstreamEvent, UpstreamStanza
+from bouncer.upstream.link import UpstreamDown, UpstreamEstablished, UpstreamEvent, UpstreamStanza
 
 if TYPE_CHECKING:
     import sqlite3
@@ -32,11 +31,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("bouncer.account")
 
-_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 # Fan-out writes ``to="<mark>"`` once and swaps it per recipient. The start tag
 # comes first and attribute values have their quotes escaped, so the first
 # ``to="<mark>"`` in the bytes is always that attribute, whatever the payload.
-_TO_MARK = f"bnc-{secrets.token_hex(8)}"
+_TO_MARK = ids.token("to", 8)
 _TO_MARK_BYTES = f' to="{_TO_MARK}"'.encode()
 
 
@@ -207,7 +205,7 @@ class Account:
         if conn is None or not stored:
             return
         for item in stored:
-            el = etree.fromstring(item.stanza, _SAFE_PARSER)
+            el = stanza.parse_stored(item.stanza)
             stanza.add_delay(el, item.received, self.domain)
             self._deliver((resource,), el)
         ids = [item.id for item in stored]

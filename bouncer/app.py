@@ -20,7 +20,8 @@ import time
 
 import structlog
 
-from bouncer import __version__, jid
+from bouncer import __version__, handover
+from bouncer.xmpp import jid
 from bouncer.account import Account, apply_room_settings, build_account
 from bouncer.c2s.listener import Listener
 from bouncer.c2s.stream import StreamSettings
@@ -30,8 +31,10 @@ from bouncer.log import configure_logging
 from bouncer.notify import Notifier
 from bouncer.reload import differences, in_force, needs_restart
 from bouncer.storage.db import open_database
+from bouncer.storage.restart import RestartState
+from bouncer.upstream import saved as saved_upstream
 from bouncer.tls import ensure_certificate, fingerprints, server_context
-from bouncer.upstream import UpstreamEstablished, UpstreamEvent, UpstreamLink, UpstreamSettings
+from bouncer.upstream.link import UpstreamEstablished, UpstreamEvent, UpstreamLink, UpstreamSettings
 
 log = structlog.get_logger("bouncer")
 
@@ -100,7 +103,8 @@ class Service:
         self._tls = self._tls_context(config)
 
         self.account = build_account(config, self.db)
-        self.link = UpstreamLink(_upstream_settings(config), self._on_upstream)
+        self.restart_state = RestartState(self.db)
+        self.link = _upstream_link(config, self._on_upstream, self._take_handover())
         self.account.upstream = self.link
 
         self.listener = Listener(_stream_settings(config, self.domain, self.account_jid),
@@ -136,6 +140,10 @@ class Service:
         if listener is not None:
             for server in listener.servers:
                 server.close()  # no new clients; wait_closed() comes when they are gone
+        if self.link is not None and not quiet:
+            # First, so that nothing the sessions' goodbyes change reaches the server:
+            # contacts and rooms must see nothing of a restart.
+            self._save_handover(await self.link.suspend())
         if self.account is not None:
             self.account.shutdown()
         if listener is not None:
@@ -158,6 +166,29 @@ class Service:
         if not quiet:
             log.info("stopped")
         self.notifier.close()
+
+    # ---- the upstream session across restarts -----------------------------------------
+    def _take_handover(self):
+        """The XEP-0198 session the previous process left to resume, with the account's
+        view of it (contacts, rooms); None when it left none (first start, crash)."""
+        assert self.account is not None
+        saved, view = self.restart_state.take("upstream"), self.restart_state.take("account")
+        if saved is None:
+            return None
+        saved_at, data = saved
+        state = saved_upstream.load(data, _upstream_settings(self.config).full_jid, time.time() - saved_at)
+        rooms = handover.load(self.account.router, view[1]) if view is not None and state and state.id else 0
+        log.info("upstream session saved by the last run", resumable=bool(state and state.id),
+                 unacked=len(state.unacked) if state else 0, age=round(time.time() - saved_at, 1), rooms=rooms)
+        return state
+
+    def _save_handover(self, state) -> None:
+        if state is None or self.account is None:
+            return
+        now = time.time()
+        self.restart_state.save("upstream", saved_upstream.dump(state, _upstream_settings(self.config).full_jid), now)
+        self.restart_state.save("account", handover.dump(self.account.router), now)
+        log.info("upstream session saved for the next run", unacked=len(state.unacked))
 
     # ---- readiness and status for systemd ---------------------------------------------
     def _on_upstream(self, event: UpstreamEvent) -> None:
@@ -352,6 +383,12 @@ def _stream_settings(config: Config, domain: str, account_jid: str) -> StreamSet
         tls_required=config.listen.tls == "required",
         max_stanza_size=config.limits.max_stanza_size,
     )
+
+
+def _upstream_link(config: Config, on_event, resume_from) -> UpstreamLink:
+    keepalive = config.upstream.keepalive
+    return UpstreamLink(_upstream_settings(config), on_event, keepalive=keepalive,
+                        keepalive_timeout=min(keepalive, 30.0), resume_from=resume_from)
 
 
 def _upstream_settings(config: Config) -> UpstreamSettings:

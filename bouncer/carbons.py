@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from bouncer import ns, stanza
+from bouncer.xmpp import ns, stanza
 
 
 def should_copy_sent(msg: etree._Element) -> bool:

@@ -50,6 +50,7 @@ class UpstreamConfig:
     tls: UpstreamTls = "starttls"
     verify: bool = True
     ca_file: str | None = None
+    keepalive: float = 60.0  # seconds of silence before the server is probed
 
 
 @dataclass(frozen=True)
@@ -393,6 +394,7 @@ _SECTIONS: dict[str, _Section] = {
         "tls": _Key(_choice(UpstreamTls)),
         "verify": _Key(_boolean),
         "ca_file": _Key(_text),
+        "keepalive": _Key(_positive_number),
     }, _upstream),
     "listen": _Section({
         "address": _Key(_text),

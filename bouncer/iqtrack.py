@@ -8,14 +8,12 @@ session's own id (SPEC §5). MAM queryids get the same treatment, so that
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 from lxml import etree
 
-from bouncer import ns, stanza
+from bouncer.xmpp import ids, ns, stanza
 
-ID_PREFIX = "bnc-"  # the upstream link leaves IQ results with this prefix to us
 
 
 @dataclass
@@ -41,10 +39,9 @@ class IqTracker:
     timeout: float
     pending: dict[str, PendingIq] = field(default_factory=dict)
     mam: dict[str, MamQuery] = field(default_factory=dict)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def new_id(self) -> str:
-        return f"{ID_PREFIX}{next(self._ids)}"
+        return ids.new("iq")
 
     def outbound(
         self,

@@ -10,8 +10,9 @@ import time
 
 from lxml import etree
 
-from bouncer import __version__, ns, stanza
-from bouncer.ns import q
+from bouncer import __version__
+from bouncer.xmpp import ns, stanza
+from bouncer.xmpp.ns import q
 
 # What the bouncer implements itself for its clients, added to the domain's and
 # the account's disco#info (SPEC §5, §13: Conversations gates carbons on it).

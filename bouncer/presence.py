@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from lxml import etree
 
-from bouncer import ns, stanza
-from bouncer.ns import q
+from bouncer.xmpp import ns, stanza
+from bouncer.xmpp.ns import q
 
 # Most available first (SPEC §5); a missing <show/> means plain "available".
 AVAILABILITY = ("chat", "available", "away", "xa", "dnd")

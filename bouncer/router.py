@@ -10,24 +10,20 @@ Stages follow Prosody's stanza_router: stamp, classify the recipient, dispatch.
 from __future__ import annotations
 
 import itertools
-import secrets
 from collections import deque
 from dataclasses import dataclass, field
 
 from lxml import etree
 
-from bouncer import carbons, jid, local_iq, ns, presence, stanza
+from bouncer import carbons, local_iq, presence
+from bouncer.xmpp import ids, jid, ns, stanza
 from bouncer.actions import Action, CloseSession, Deliver, FlushStored, Store, ToUpstream
 from bouncer.iqtrack import IqTracker
 from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
-from bouncer.ns import q
+from bouncer.xmpp.ns import q
 
 Element = etree._Element
-
-# Ids of IQs the bouncer itself sends to its sessions (roster pushes it already
-# answered upstream): the sessions' answers to them stop here.
-LOCAL_PUSH_PREFIX = "bncpush-"
 
 
 @dataclass
@@ -63,9 +59,8 @@ class Router:
     queue: deque[Element] = field(default_factory=deque)
     muc: MucRouter | None = None
     iqs: IqTracker = field(init=False)
-    _sent_presence: bytes | None = None
+    sent_presence: bytes | None = None  # the account's presence as the server last got it
     _tokens: itertools.count = field(default_factory=itertools.count)
-    _push_ids: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.iqs = IqTracker(self.settings.iq_timeout)
@@ -78,7 +73,7 @@ class Router:
     def bind(self, requested: str | None) -> tuple[Session, list[Action]]:
         """Register a new session; a resource in use replaces its holder (SPEC §3)."""
         upstream_res = jid.resource(self.upstream_jid or "")
-        resource = requested if requested and requested != upstream_res else f"bnc-{secrets.token_hex(4)}"
+        resource = requested if requested and requested != upstream_res else ids.token("res")
         actions: list[Action] = []
         old = self.sessions.get(resource)
         if old is not None:
@@ -158,7 +153,7 @@ class Router:
     def _session_iq(self, session: Session, el: Element, now: float) -> list[Action]:
         to = el.get("to")
         if stanza.is_error_or_result(el):
-            if (el.get("id") or "").startswith(LOCAL_PUSH_PREFIX):
+            if ids.is_ours(el.get("id"), "push"):
                 return []  # answer to a push the bouncer already acknowledged
             return self._upstream(el, session)
         enable = carbons.is_enable_request(el)
@@ -227,7 +222,7 @@ class Router:
         if body is not None and body.tag == q(ns.ROSTER, "query") and _from_account_or_server(el, self.account):
             # Roster push: the bouncer acknowledges it once and tells every session.
             push = stanza.clone(el)
-            push.set("id", f"{LOCAL_PUSH_PREFIX}{next(self._push_ids)}")
+            push.set("id", ids.new("push"))
             actions: list[Action] = [ToUpstream(stanza.iq_result(el))]
             return actions + ([Deliver(tuple(self.sessions), push)] if self.sessions else [])
         answer = local_iq.answer(el)
@@ -283,7 +278,7 @@ class Router:
             # A new session: the server forgot our presence and carbons state,
             # and IQs sent on the old stream will never be answered.
             self.contacts.clear()
-            self._sent_presence = None
+            self.sent_presence = None
             for upstream_id, entry in list(self.iqs.pending.items()):
                 del self.iqs.pending[upstream_id]
                 actions += self._iq_timeout_error(entry, upstream_id)
@@ -298,6 +293,10 @@ class Router:
             actions += self._account_presence()
             if self.muc is not None:
                 actions += self.muc.rejoin_all()
+        elif self.muc is not None:
+            # Resumed: rooms the server still holds us in need nothing; a room held
+            # but never joined in this process (a restart without its cached state) does.
+            actions += self.muc.join_unjoined()
         while self.queue:
             actions.append(ToUpstream(self.queue.popleft()))
         return actions
@@ -349,9 +348,9 @@ class Router:
         available = [s.presence for s in self.sessions.values() if s.presence is not None]
         agg = presence.aggregate(available, self.settings.idle_show, self.settings.idle_status)  # type: ignore[arg-type]
         wire = stanza.serialize(agg)
-        if wire == self._sent_presence:
+        if wire == self.sent_presence:
             return []
-        self._sent_presence = wire
+        self.sent_presence = wire
         return [ToUpstream(agg)]
 
     def _available(self) -> tuple[str, ...]:

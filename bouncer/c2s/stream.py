@@ -20,10 +20,10 @@ from enum import Enum, auto
 
 from lxml import etree
 
-from bouncer import ns, stanza
+from bouncer.xmpp import framing, ns, stanza
 from bouncer.c2s import sasl
-from bouncer.c2s.parser import ElementReceived, StreamEnded, StreamOpened, StreamParser, XmlRefused
-from bouncer.ns import q
+from bouncer.xmpp.parser import ElementReceived, StreamEnded, StreamOpened, StreamParser, XmlRefused
+from bouncer.xmpp.ns import q
 
 
 class Phase(Enum):
@@ -173,17 +173,12 @@ class ServerStream:
         if self.phase is Phase.CLOSED:
             return
         self._ensure_header()
-        err = etree.Element(q(ns.STREAMS, "error"), nsmap={"stream": ns.STREAMS})
-        stanza.child(err, ns.STREAM_ERRORS, condition)
-        if text:
-            t = stanza.child(err, ns.STREAM_ERRORS, "text")
-            t.text = text
-        self._out.append(etree.tostring(err))
+        self._out.append(framing.stream_error(condition, text))
         self._close(condition)
 
     # ---- negotiation -------------------------------------------------------
     def _close(self, error: str | None) -> None:
-        self._out.append(b"</stream:stream>")
+        self._out.append(framing.CLOSE)
         self.phase = Phase.CLOSED
         self._events.append(Closed(error))
 
@@ -194,14 +189,7 @@ class ServerStream:
     def _ensure_header(self) -> None:
         if not self._header_sent:
             self._header_sent = True
-            self._out.append(
-                (
-                    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-                    "xmlns:stream='http://etherx.jabber.org/streams' "
-                    f"id='{secrets.token_hex(8)}' from='{self.settings.domain}' "
-                    "version='1.0' xml:lang='en'>"
-                ).encode()
-            )
+            self._out.append(framing.header(from_=self.settings.domain, id_=secrets.token_hex(8)))
 
     def _on_header(self, ev: StreamOpened) -> None:
         self._ensure_header()

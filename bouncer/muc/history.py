@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from bouncer import ns, stanza
+from bouncer.xmpp import ns, stanza
 from bouncer.storage.archive import ArchivedMessage, RoomArchive
 
-_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def _within_chars(rows: list[ArchivedMessage], maxchars: int) -> list[ArchivedMe
 
 
 def _with_delay(row: ArchivedMessage, room: str) -> etree._Element:
-    el = etree.fromstring(row.stanza, _SAFE_PARSER)
+    el = stanza.parse_stored(row.stanza)
     stanza.add_delay(el, row.ts, room)
     return el
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from bouncer import jid, stanza
+from bouncer.xmpp import jid, stanza
 from bouncer.muc.history import parse_stamp
-from bouncer.ns import q
+from bouncer.xmpp.ns import q
 from bouncer.storage.archive import ArchivedMessage, RoomArchive
 
 MAM = "urn:xmpp:mam:2"
@@ -84,7 +84,7 @@ def _result(room: str, to: str | None, queryid: str | None, row: ArchivedMessage
         result.set("queryid", queryid)
     fwd = stanza.child(result, FORWARD, "forwarded")
     stanza.child(fwd, DELAY, "delay", stamp=stanza.utc_stamp(row.ts))
-    original = etree.fromstring(row.stanza, etree.XMLParser(resolve_entities=False, no_network=True))
+    original = stanza.parse_stored(row.stanza)
     original.attrib.pop("to", None)
     fwd.append(original)
     return msg

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from bouncer import ns, stanza
+from bouncer.xmpp import ns, stanza
 from bouncer.muc.room import JoinRequest, Room, muc_user
-from bouncer.ns import q
+from bouncer.xmpp.ns import q
 
 Element = etree._Element
 

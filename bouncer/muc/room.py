@@ -12,8 +12,8 @@ from enum import Enum, auto
 
 from lxml import etree
 
-from bouncer import jid, ns, stanza
-from bouncer.ns import q
+from bouncer.xmpp import jid, ns, stanza
+from bouncer.xmpp.ns import q
 
 Element = etree._Element
 
@@ -45,6 +45,7 @@ class Room:
     subject: Element | None = None
     sessions: set[str] = field(default_factory=set)  # joined downstream resources
     pending: dict[str, JoinRequest] = field(default_factory=dict)  # waiting for the upstream join
+    join_sent: bool = False  # this process sent a join for it (restored rooms have not)
     session_presence: dict[str, Element] = field(default_factory=dict)  # for the aggregate (§6.7)
     sent_presence: bytes | None = None
     nick_change_by: str | None = None  # session that asked for a nick change

@@ -8,13 +8,13 @@ stanza-id not yet archived) decides whether it is fanned out at all.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import structlog
 from lxml import etree
 
-from bouncer import carbons, jid, local_iq, ns, presence, stanza
+from bouncer import carbons, local_iq, presence
+from bouncer.xmpp import ids, jid, ns, stanza
 from bouncer.actions import Action, Deliver, ToUpstream
 from bouncer.muc import history, mam, replay
 from bouncer.muc.room import (
@@ -29,7 +29,7 @@ from bouncer.muc.room import (
     subject_message,
     track_occupant,
 )
-from bouncer.ns import q
+from bouncer.xmpp.ns import q
 from bouncer.storage.archive import HeldRoom, RoomArchive
 
 Element = etree._Element
@@ -55,7 +55,6 @@ class MucRouter:
     archive: RoomArchive
     settings: MucSettings = field(default_factory=MucSettings)
     rooms: dict[str, Room] = field(default_factory=dict)
-    _pings: itertools.count = field(default_factory=itertools.count)
 
     def restore(self) -> None:
         """Rooms held before a restart: joined again once upstream is up."""
@@ -138,7 +137,7 @@ class MucRouter:
     def _first_join(self, room_jid: str, req: JoinRequest, el: Element) -> list[Action]:
         x = stanza.find(el, ns.MUC, "x")
         password = None if x is None else x.findtext(q(ns.MUC, "password"))
-        room = Room(room_jid, req.nick, password)
+        room = Room(room_jid, req.nick, password, join_sent=True)
         room.pending[req.resource] = req
         room.session_presence[req.resource] = el
         room.sent_presence = stanza.serialize(_room_presence_of(room, [el]))
@@ -320,6 +319,14 @@ class MucRouter:
             actions += self._join_upstream(room)
         return actions
 
+    def join_unjoined(self) -> list[Action]:
+        """Rooms held but neither joined nor being joined by this process: join them."""
+        actions: list[Action] = []
+        for room in self.rooms.values():
+            if room.phase is Phase.JOINING and not room.join_sent and room.rejoin_at is None:
+                actions += self._join_upstream(room)
+        return actions
+
     def due(self, now: float) -> list[Action]:
         """Time-driven room work: rejoins after a 332 (SPEC §6.5), self-pings after silence (§6.10)."""
         actions: list[Action] = []
@@ -339,7 +346,7 @@ class MucRouter:
         if now - (room.heard_at or now) < self.settings.self_ping_after:
             room.heard_at = room.heard_at or now
             return []
-        room.ping_id, room.ping_sent = f"bnc-ping-{next(self._pings)}", now
+        room.ping_id, room.ping_sent = ids.new("ping"), now
         ping = stanza.make("iq", type="get", id=room.ping_id, to=room.occupant_jid)
         stanza.child(ping, ns.PING, "ping")
         return [ToUpstream(ping)]
@@ -379,7 +386,7 @@ class MucRouter:
     def _join_upstream(self, room: Room) -> list[Action]:
         """Join ``room`` upstream again with what the account's sessions show, asking
         for the history since the last archived message so the archive has no gap."""
-        room.phase = Phase.JOINING
+        room.phase, room.join_sent = Phase.JOINING, True
         room.previous, room.occupants = room.occupants, {}
         mine = [p for r, p in room.session_presence.items() if r in room.sessions]
         join = _room_presence_of(room, mine)
@@ -400,7 +407,7 @@ class MucRouter:
         return [] if after is None else self._catchup_page(room, after)
 
     def _catchup_page(self, room: Room, after: str) -> list[Action]:
-        room.catchup_id = f"bnc-catchup-{next(self._pings)}"
+        room.catchup_id = ids.new("catchup")
         iq = stanza.make("iq", type="set", id=room.catchup_id, to=room.jid)
         query = stanza.child(iq, mam.MAM, "query", queryid=room.catchup_id)
         rsm = stanza.child(query, mam.RSM, "set")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from bouncer.xmpp import ids
+
 
 @dataclass(frozen=True)
 class ArchivedMessage:
@@ -27,7 +29,7 @@ class ArchivedMessage:
         return self.stanza_id if self.stanza_id is not None else f"{LOCAL_ID_PREFIX}{self.id}"
 
 
-LOCAL_ID_PREFIX = "bnc-"
+LOCAL_ID_PREFIX = ids.PREFIX  # then the row id
 
 
 def _local_rowid(archive_id: str) -> int:

@@ -37,6 +37,15 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX muc_archive_stanza_id ON muc_archive (room, stanza_id);
     CREATE INDEX muc_archive_room_ts ON muc_archive (room, ts);
     """,
+    # 3: what a graceful restart hands to the next process (the upstream XEP-0198
+    # session, the account's cached view of contacts and rooms); taken once.
+    """
+    CREATE TABLE restart_state (
+        name TEXT PRIMARY KEY,
+        saved REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -25,3 +25,15 @@ def private_setup(prosody_factory, tmp_path):
     s.bouncer.start()
     yield s
     assert s.bouncer.stop() == 0, s.bouncer.log_tail()
+
+
+@pytest.fixture(params=["prosody", "ejabberd"])
+def server(request):
+    """The shared server of each kind: tests of the upstream must hold on any server."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["prosody", "ejabberd"])
+def server_factory(request):
+    """Private servers of each kind, for tests that kill, pause or restart them."""
+    return request.getfixturevalue(f"{request.param}_factory")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from bouncer import ns
+from bouncer.xmpp import ns
 from bouncer.actions import Deliver, ToUpstream
 from bouncer.muc.routing import MucRouter
 from bouncer.router import Router, RouterSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from bouncer import ns
+from bouncer.xmpp import ns
 from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
 from bouncer.router import Router, RouterSettings
 

@@ -174,7 +174,7 @@ def test_bad_input_gets_the_right_stream_error(data, condition):
     s = bound()
     events, out = feed(s, data)
     assert events == [core.Closed(condition)]
-    assert f"<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>" in out and out.endswith("</stream:stream>")
+    assert f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in out and out.endswith("</stream:stream>")
     assert s.receive_data(b"<message/>") == []  # nothing after the end
 
 

@@ -13,8 +13,8 @@ import datetime as _dt
 
 from lxml import etree
 
-from bouncer import ns
-from bouncer.ns import q
+from bouncer.xmpp import ns
+from bouncer.xmpp.ns import q
 
 Element = etree._Element
 
@@ -77,6 +77,15 @@ def payload(el: Element) -> Element | None:
         if isinstance(c.tag, str) and etree.QName(c).namespace != ns.STANZA_ERRORS:
             return c
     return None
+
+
+# For stanzas the bouncer itself stored (SQLite, restart hand-over): no DTD, no entities.
+_STORED = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+def parse_stored(data: bytes) -> Element:
+    """A stanza the bouncer serialised earlier, read back."""
+    return etree.fromstring(data, _STORED)
 
 
 def serialize(el: Element) -> bytes:

@@ -8,6 +8,8 @@ TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+SM = "urn:xmpp:sm:3"
+SASL_CB = "urn:xmpp:sasl-cb:0"  # XEP-0440: the channel-binding types a server supports
 XML = "http://www.w3.org/XML/1998/namespace"
 
 ROSTER = "jabber:iq:roster"

@@ -15,7 +15,7 @@ from xml.parsers import expat
 
 from lxml import etree
 
-from bouncer import ns
+from bouncer.xmpp import ns
 
 
 class XmlRefused(Exception):
@@ -106,8 +106,10 @@ class StreamParser:
 
         return handler
 
-    def _ns_decl(self, prefix: str | None, uri: str) -> None:
-        self._pending_ns[prefix] = uri
+    def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
+        # ``xmlns=''`` (no namespace below here) comes as None; lxml writes it back
+        # only when the element's nsmap says so explicitly.
+        self._pending_ns[prefix] = uri or ""
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         decls, self._pending_ns = self._pending_ns, {}

@@ -1,0 +1,1 @@
+"""The client role: one session to the account's server (negotiation, SM, reconnection)."""
