@@ -20,7 +20,7 @@ from enum import Enum, auto
 
 from lxml import etree
 
-from bouncer.xmpp import framing, ns, stanza
+from bouncer.xmpp import framing, ns, sm, stanza
 from bouncer.c2s import sasl
 from bouncer.xmpp.parser import ElementReceived, StreamEnded, StreamOpened, StreamParser, XmlRefused
 from bouncer.xmpp.ns import q
@@ -42,6 +42,9 @@ class StreamSettings:
     tls_available: bool
     tls_required: bool
     max_stanza_size: int
+    # XEP-0198 offered with resumption for this many seconds; None: not offered. The
+    # core speaks the protocol; keeping sessions for resumption is the account's job.
+    sm_max: int | None = None
 
 
 # Events handed to the I/O edge.
@@ -87,7 +90,24 @@ class Closed:
     error: str | None
 
 
-Event = StartTls | AuthSucceeded | AuthFailed | BindRequested | StanzaReceived | NonzaReceived | Closed
+@dataclass(frozen=True)
+class SmEnabled:
+    """The client enabled XEP-0198; ``id`` names the session for a later resume."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class ResumeRequested:
+    """The client asks to resume ``previd`` (it had ``h``). Answer with ``resume``
+    (the hibernated session's SM state and JID) or ``resume_failed``."""
+
+    previd: str
+    h: int
+
+
+Event = (StartTls | AuthSucceeded | AuthFailed | BindRequested | StanzaReceived | NonzaReceived
+         | SmEnabled | ResumeRequested | Closed)
 
 
 class ServerStream:
@@ -105,6 +125,8 @@ class ServerStream:
         self._header_sent = False
         self._sasl: sasl.SaslExchange | None = None
         self._bind_id: str | None = None
+        self.sm: sm.StreamManagement[bytes] | None = None
+        self._resume_h: int | None = None
 
     # ---- input -------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
@@ -147,11 +169,36 @@ class ServerStream:
         return out
 
     def send_stanza(self, el: etree._Element) -> None:
-        self._out.append(stanza.serialize(el))
+        self.send_serialized(stanza.serialize(el))
 
     def send_serialized(self, wire: bytes) -> None:
         """A stanza already serialised (fan-out serialises once for many sessions)."""
         self._out.append(wire)
+        if self.sm is not None:
+            self.sm.on_sent(wire)
+
+    # ---- XEP-0198 (server role) -------------------------------------------------------
+    def request_ack(self, now: float) -> None:
+        """Ask the client for an ``<a/>`` (when, is the edge's policy)."""
+        if self.sm is not None and self.phase is Phase.OPEN:
+            self._out.append(self.sm.request(now))
+
+    def resume(self, state: sm.StreamManagement[bytes], full_jid: str) -> None:
+        """Answer a ``ResumeRequested``: the session ``state`` lives on in this stream."""
+        assert self._resume_h is not None and state.id is not None
+        try:
+            resend = state.resume(self._resume_h)
+        except sm.SmViolation as exc:
+            return self._sm_violation(exc)
+        self.sm, self.jid, self._resume_h = state, full_jid, None
+        self._out.append(sm.resumed(state.id, state.inbound))
+        self._out.extend(resend)
+        self.phase = Phase.OPEN
+
+    def resume_failed(self) -> None:
+        """No such session (any more): the client binds a new one."""
+        self._resume_h = None
+        self._out.append(sm.failed("item-not-found"))
 
     def bind(self, resource: str) -> None:
         """Answer the pending bind request with ``account@domain/resource``."""
@@ -168,12 +215,12 @@ class ServerStream:
             self._ensure_header()
             self._close(None)
 
-    def stream_error(self, condition: str, text: str | None = None) -> None:
+    def stream_error(self, condition: str, text: str | None = None, detail: bytes = b"") -> None:
         """Send a stream error and close; only this session ends (SPEC §11)."""
         if self.phase is Phase.CLOSED:
             return
         self._ensure_header()
-        self._out.append(framing.stream_error(condition, text))
+        self._out.append(framing.stream_error(condition, text, detail))
         self._close(condition)
 
     # ---- negotiation -------------------------------------------------------
@@ -219,6 +266,8 @@ class ServerStream:
             sess = stanza.child(feats, ns.SESSION, "session")
             etree.SubElement(sess, q(ns.SESSION, "optional"))
             stanza.child(feats, ns.CSI, "csi")
+            if self.settings.sm_max is not None:
+                stanza.child(feats, ns.SM, "sm")
         return feats
 
     def _on_element(self, el: etree._Element) -> None:
@@ -284,7 +333,44 @@ class ServerStream:
         else:
             self.send_stanza(stanza.error_reply(el, "not-authorized"))
 
+    def _on_resume(self, el: etree._Element) -> None:
+        if self.settings.sm_max is None or not el.get("previd"):
+            return self._out.append(sm.failed("feature-not-implemented" if self.settings.sm_max is None
+                                              else "bad-request"))
+        try:
+            self._resume_h = sm.parse_h(el)
+        except sm.SmViolation as exc:
+            return self._sm_violation(exc)
+        self._events.append(ResumeRequested(el.get("previd", ""), self._resume_h))
+
+    def _on_enable(self, el: etree._Element) -> None:
+        if self.settings.sm_max is None or self.sm is not None:
+            return self._out.append(sm.failed("unexpected-request"))
+        resumable = el.get("resume", "").lower() in ("true", "1")
+        self.sm = sm.StreamManagement(id=secrets.token_urlsafe(12) if resumable else None,
+                                      max=self.settings.sm_max if resumable else None)
+        self._out.append(sm.enabled(self.sm.id, self.sm.max))
+        self._events.append(SmEnabled(self.sm.id or ""))
+
+    def _on_sm_request(self, _el: etree._Element) -> None:
+        if self.sm is None:
+            return self.stream_error("unsupported-stanza-type", "stream management is not enabled")
+        self._out.append(self.sm.answer())
+
+    def _on_sm_ack(self, el: etree._Element) -> None:
+        if self.sm is None:
+            return self.stream_error("unsupported-stanza-type", "stream management is not enabled")
+        try:
+            self.sm.on_ack(sm.parse_h(el))
+        except sm.SmViolation as exc:
+            self._sm_violation(exc)
+
+    def _sm_violation(self, exc: sm.SmViolation) -> None:
+        self.stream_error(exc.condition, exc.text, exc.detail)
+
     def _on_stanza(self, el: etree._Element) -> None:
+        if self.sm is not None:
+            self.sm.on_received()
         el.set("from", self.jid or "")  # SPEC §11: a client's own from is never trusted
         body = stanza.payload(el) if el.tag == stanza.IQ else None
         if body is not None and body.tag == q(ns.SESSION, "session") and el.get("type") == "set":
@@ -302,6 +388,10 @@ _HANDLERS = {
     (Phase.AUTH, q(ns.SASL, "response")): ServerStream._on_response,
     (Phase.AUTH, q(ns.SASL, "abort")): ServerStream._on_abort,
     (Phase.BIND, stanza.IQ): ServerStream._on_bind_phase_iq,
+    (Phase.BIND, q(ns.SM, "resume")): ServerStream._on_resume,
+    (Phase.OPEN, q(ns.SM, "enable")): ServerStream._on_enable,
+    (Phase.OPEN, q(ns.SM, "r")): ServerStream._on_sm_request,
+    (Phase.OPEN, q(ns.SM, "a")): ServerStream._on_sm_ack,
 }
 
 
