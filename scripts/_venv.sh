@@ -4,7 +4,9 @@
 
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# apt_install PKG...: install those of the Debian packages that are not installed yet.
+# apt_install PKG...: install those of the Debian packages that are not installed yet
+# (and list them in $INSTALLED).
+INSTALLED=""
 apt_install() {
     local pkg missing=""
     for pkg in "$@"; do
@@ -18,10 +20,13 @@ apt_install() {
         echo "${0##*/}: needs root to install:$missing (run: su -c 'apt-get install$missing')" >&2
         return 1
     fi
-    echo "${0##*/}: installing Debian packages:$missing" >&2
+    local t0=$SECONDS
+    echo "${0##*/}: installing Debian packages:$missing ..." >&2
     $SUDO apt-get update -qq
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+    INSTALLED="$INSTALLED$missing"
+    echo "${0##*/}: installed them in $((SECONDS - t0)) s" >&2
 }
 
 # check_python: $PY runs and is Python >= 3.11.

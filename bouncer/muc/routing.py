@@ -228,10 +228,18 @@ class MucRouter:
                 return _fan(audience, el)
             if "332" in codes:
                 return self._retry_later(room, now) + (_fan(audience, el))
-            # Kicked, banned, destroyed, shut down, or simply out: no automatic rejoin (§6.5).
+            reason = _gone_reason(el, codes)
+            if reason == "unavailable":
+                # Out without being put out, and the account never asked to leave (it
+                # forgets a room before it leaves): the room lost us, e.g. a crashed
+                # bouncer's hibernated session ended after the new one joined with the
+                # same full JID (ejabberd). The account joins again; sessions stay.
+                log.info("room dropped the account, rejoining", room=room.jid)
+                return self._join_upstream(room)
+            # Kicked, banned, destroyed, membership lost: no automatic rejoin (§6.5).
             del self.rooms[room.jid]
             self.archive.release(room.jid)
-            log.info("left room", room=room.jid, reason=_gone_reason(el, codes))
+            log.info("left room", room=room.jid, reason=reason)
             return _fan(audience, el)
         return self._self_available(room, el)
 

@@ -51,6 +51,8 @@ class StreamEnded:
 ParserEvent = StreamOpened | ElementReceived | StreamEnded
 
 _SEP = "\x01"
+# Feed whole tags even where deferral can be switched off (tests exercise that path).
+WHOLE_TAGS = False
 
 
 def _clark(name: str) -> str:
@@ -82,6 +84,17 @@ class StreamParser:
         p.EntityDeclHandler = self._refuse("an entity declaration")
         p.ProcessingInstructionHandler = self._refuse("a processing instruction")
         p.CommentHandler = self._refuse("a comment")
+        # expat >= 2.6 may defer a token that completes with a small chunk until more
+        # data comes ("reparse deferral"): a stanza would wait for the next packet. Where
+        # Python cannot switch that off (3.11.2 on Debian 12, whose expat has it
+        # backported under the old version number), only whole tags are fed: up to the
+        # last '>', the rest held back.
+        self._held: bytes | None = None
+        can_switch_off = hasattr(p, "SetReparseDeferralEnabled")
+        if can_switch_off:
+            p.SetReparseDeferralEnabled(False)
+        if WHOLE_TAGS or not can_switch_off:
+            self._held = b""
         self._p = p
 
     def feed(self, data: bytes) -> list[ParserEvent]:
@@ -90,6 +103,12 @@ class StreamParser:
         Raises XmlRefused (restricted-xml, not-well-formed, policy-violation).
         """
         self._fed += len(data)
+        if self._held is not None:
+            data = self._held + data
+            cut = data.rfind(b">") + 1
+            self._held, data = data[cut:], data[:cut]
+            if len(self._held) > self._max:
+                raise XmlRefused("policy-violation", f"more than {self._max} bytes without markup")
         try:
             self._p.Parse(data, False)
         except expat.ExpatError as exc:

@@ -8,18 +8,19 @@ from integration_setup import make_setup
 
 
 @pytest.fixture
-def setup(prosody, tmp_path):
-    """A bouncer process for a fresh account on the shared Prosody, plus a contact bob."""
-    s = make_setup(prosody, tmp_path)
+def setup(server, tmp_path):
+    """A bouncer process for a fresh account on a shared server (Prosody, then ejabberd),
+    plus a contact bob."""
+    s = make_setup(server, tmp_path)
     s.bouncer.start()
     yield s
     assert s.bouncer.stop() == 0, s.bouncer.log_tail()
 
 
 @pytest.fixture
-def private_setup(prosody_factory, tmp_path):
-    """Like ``setup``, on a Prosody of its own: for tests that kill or restart the server."""
-    server = prosody_factory()
+def private_setup(server_factory, tmp_path):
+    """Like ``setup``, on a server of its own: for tests that kill or restart the server."""
+    server = server_factory()
     server.start()
     s = make_setup(server, tmp_path)
     s.bouncer.start()

@@ -18,10 +18,10 @@ def presence_from(prefix: str, *, show: str | None = "any", ptype: str | None = 
     return pred
 
 
-async def test_server_sees_most_available_then_idle_never_unavailable(prosody, tmp_path):
-    s = make_setup(prosody, tmp_path, befriend=True, presence={"idle_show": "xa"})
+async def test_server_sees_most_available_then_idle_never_unavailable(server, tmp_path):
+    s = make_setup(server, tmp_path, befriend=True, presence={"idle_show": "xa"})
     s.bouncer.start()
-    bob = await connect(s.bob, s.bob_password, prosody.port)
+    bob = await connect(s.bob, s.bob_password, server.port)
     # nobody connected yet: the account is online with the idle presence
     await bob.wait_for(presence_from(s.alice, show="xa"))
 
@@ -48,7 +48,7 @@ async def test_upstream_restart_keeps_sessions_and_delivers_after(private_setup)
     kill_upstream(s)
     restart_upstream(s)
     assert not a.disconnected_event.is_set() and not b.disconnected_event.is_set()
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     bob.send_xml(f"<message to='{s.alice}' type='chat'><body>after the restart</body></message>")
     await a.wait_for(body_is("after the restart"), timeout=15)
     await b.wait_for(body_is("after the restart"), timeout=15)
@@ -62,11 +62,11 @@ async def test_messages_sent_while_upstream_is_down_are_delivered_after(private_
     a = await connect(f"{s.alice}/A", s.password, s.port)
     kill_upstream(s)
     a.send_xml(f"<message to='{s.bob}' type='chat'><body>queued while down</body></message>")
-    a.send_xml(f"<iq type='get' id='ping-down' to='{s.prosody.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    a.send_xml(f"<iq type='get' id='ping-down' to='{s.server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
     err = await a.wait_for(lambda el: el.get("id") == "ping-down")
     assert err.get("type") == "error" and err.find(".//{urn:ietf:params:xml:ns:xmpp-stanzas}remote-server-timeout") is not None
     restart_upstream(s)
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     # Prosody stored it offline for bob (he was not online): it arrives at his login
     await bob.wait_for(body_is("queued while down"), timeout=15)
     await close(a, bob)

@@ -30,7 +30,7 @@ async def test_chat_fans_out_and_sent_is_carbon_copied(setup):
     s = setup
     a, b = await two_sessions(s)
     await enable_carbons(b)
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     bob.send_xml(f"<message to='{s.alice}' type='chat' id='to-bare'><body>hello both</body></message>")
     await a.wait_for(body_is("hello both"))
     await b.wait_for(body_is("hello both"))
@@ -69,7 +69,7 @@ def payload_c14n(msg: etree._Element) -> list[str]:
 async def test_unknown_payload_keeps_its_infoset_both_ways(setup):
     s = setup
     a = await connect(f"{s.alice}/A", s.password, s.port)
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     expected = payload_c14n(etree.fromstring(f"<message xmlns='jabber:client'>{PAYLOAD}</message>"))
     assert len(expected) == 2
     bob.send_xml(f"<message to='{s.alice}' type='chat' id='omemo-in'><body>in</body>{PAYLOAD}</message>")
@@ -84,13 +84,13 @@ async def test_unknown_payload_keeps_its_infoset_both_ways(setup):
 async def test_disco_result_goes_to_the_asker_only_with_its_id(setup):
     s = setup
     a, b = await two_sessions(s)
-    a.send_xml(f"<iq type='get' id='disco-from-a' to='{s.prosody.domain}'><query xmlns='{DISCO}'/></iq>")
+    a.send_xml(f"<iq type='get' id='disco-from-a' to='{s.server.domain}'><query xmlns='{DISCO}'/></iq>")
     result = await a.wait_for(lambda el: el.get("id") == "disco-from-a")
     assert result.get("type") == "result" and result.get("to") == f"{s.alice}/A"
     features = {f.get("var") for f in result.iter(f"{{{DISCO}}}feature")}
     assert {"urn:xmpp:carbons:2", "urn:xmpp:ping", "urn:xmpp:blocking", "http://jabber.org/protocol/disco#items"} <= features
     # B sees nothing of it: a ping of B's own, answered after, comes back alone
-    b.send_xml(f"<iq type='get' id='b-ping' to='{s.prosody.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    b.send_xml(f"<iq type='get' id='b-ping' to='{s.server.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
     await b.wait_for(lambda el: el.get("id") == "b-ping")
     assert b.matching(lambda el: el.tag == "{jabber:client}iq" and el.find(f"{{{DISCO}}}query") is not None) == []
     await close(a, b)
@@ -113,7 +113,7 @@ async def test_roster_add_pushes_to_every_session(setup):
 
 async def test_no_session_message_is_kept_and_delivered_once_with_delay(setup):
     s = setup
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     bob.send_xml(f"<message to='{s.alice}' type='chat' id='while-away'><body>while you were out</body></message>")
     # stored before anything else: wait until the bouncer has it, without sleeping
     s.bouncer.wait_event("stored for later")
@@ -144,10 +144,10 @@ async def test_wrong_password_and_other_account_are_refused(setup):
 
 async def test_unauthenticated_input_never_reaches_the_server(setup):
     s = setup
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
     writer.write(
-        f"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{s.prosody.domain}' version='1.0'>"
+        f"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{s.server.domain}' version='1.0'>"
         f"<message to='{s.bob}' type='chat'><body>sneaky</body></message>".encode()
     )
     data = b""
@@ -168,7 +168,7 @@ async def test_unauthenticated_input_never_reaches_the_server(setup):
 async def test_bad_xml_ends_only_that_session(setup):
     s = setup
     a, b = await two_sessions(s)
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     a.send_xml("<?evil processing-instruction?>")
     await asyncio.wait_for(a.disconnected_event.wait(), 10)
     assert "restricted-xml" in a.stream_errors
@@ -183,7 +183,7 @@ async def test_bad_xml_ends_only_that_session(setup):
 def test_tls_is_required_on_the_listener(setup):
     with socket.create_connection(("127.0.0.1", setup.port), timeout=5) as sock:
         sock.sendall(
-            f"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{setup.prosody.domain}' version='1.0'>".encode()
+            f"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{setup.server.domain}' version='1.0'>".encode()
         )
         data = b""
         while b"</stream:features>" not in data:
@@ -211,7 +211,7 @@ async def test_same_resource_replaces_the_old_session(setup):
     second = await connect(f"{s.alice}/phone", s.password, s.port)
     await asyncio.wait_for(first.disconnected_event.wait(), 10)
     assert "conflict" in first.stream_errors
-    bob = await connect(s.bob, s.bob_password, s.prosody.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
     bob.send_xml(f"<message to='{s.alice}' type='chat'><body>to the new phone</body></message>")
     await second.wait_for(body_is("to the new phone"))
     await close(second, bob)

@@ -26,12 +26,12 @@ def from_alice(account: str, room: str):
     return pred
 
 
-async def held_room(prosody, tmp_path):
+async def held_room(server, tmp_path):
     """alice's bouncer with session A in a room, and bob (contact, occupant) on Prosody."""
-    s = make_setup(prosody, tmp_path, befriend=True)
+    s = make_setup(server, tmp_path, befriend=True)
     s.bouncer.start()
-    bob = await connect(s.bob, s.bob_password, prosody.port)
-    room = f"restart{next(_rooms)}x{s.alice.split('@')[0]}@{prosody.muc_domain}"
+    bob = await connect(s.bob, s.bob_password, server.port)
+    room = f"restart{next(_rooms)}x{s.alice.split('@')[0]}@{server.muc_domain}"
     await create_room(bob, room, "bob")
     a = await connect(f"{s.alice}/A", s.password, s.port)
     await join(a, room, "alice")
@@ -40,8 +40,8 @@ async def held_room(prosody, tmp_path):
     return s, bob, room, a
 
 
-async def test_sigterm_restart_is_invisible_to_contacts_and_rooms(prosody, tmp_path):
-    s, bob, room, a = await held_room(prosody, tmp_path)
+async def test_sigterm_restart_is_invisible_to_contacts_and_rooms(server, tmp_path):
+    s, bob, room, a = await held_room(server, tmp_path)
     mark = len(bob.received)
     assert s.bouncer.stop() == 0  # SIGTERM: a's connection ends, the upstream session does not
     bob.send_message(mto=s.alice, mbody="during the restart", mtype="chat")
@@ -64,8 +64,8 @@ async def test_sigterm_restart_is_invisible_to_contacts_and_rooms(prosody, tmp_p
     assert s.bouncer.stop() == 0
 
 
-async def test_crash_then_start_is_a_new_session_that_rejoins(prosody, tmp_path):
-    s, bob, room, a = await held_room(prosody, tmp_path)
+async def test_crash_then_start_is_a_new_session_that_rejoins(server, tmp_path):
+    s, bob, room, a = await held_room(server, tmp_path)
     await close(a)
     s.bouncer.kill()  # nothing saved
     mark = len(bob.received)

@@ -269,8 +269,8 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
     s = setup
     a = await connect(f"{s.alice}/A", s.password, s.port)
     b = await connect(f"{s.alice}/B", s.password, s.port)
-    carol = await connect(*s.prosody.new_user("carol"), s.prosody.port)
-    room = f"status-{s.alice.split('@')[0]}@{s.prosody.muc_domain}"
+    carol = await connect(*s.server.new_user("carol"), s.server.port)
+    room = f"status-{s.alice.split('@')[0]}@{s.server.muc_domain}"
     await create_room(carol, room, "carol")
     await join(a, room, "alice")
     await join(b, room, "alice")
@@ -282,7 +282,7 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
 
     code, out, err = await bouncer_cli("status", "-c", str(s.bouncer.config_path))
     assert (code, err) == (0, ""), err
-    assert re.search(rf"^upstream: connected as {re.escape(s.alice)}/\S+ via 127\.0\.0\.1:{s.prosody.port} "
+    assert re.search(rf"^upstream: connected as {re.escape(s.alice)}/\S+ via 127\.0\.0\.1:{s.server.port} "
                      r"since .*, 0 reconnects$", out, re.M), out
     assert re.search(r"^sessions: 2$", out, re.M) and re.search(r"^rooms: 1$", out, re.M), out
     for resource in ("A", "B"):

@@ -117,16 +117,17 @@ async def test_verify_false_accepts_self_signed(server):
 
 @pytest.mark.parametrize("tls_version", ["TLSv1_2", "TLSv1_3"])
 async def test_scram_with_channel_binding_when_offered(server, monkeypatch, tls_version):
-    """Neither server advertises XEP-0440 types; both take tls-unique, the RFC 5802
-    default, which exists for TLS 1.2 only (RFC 9266). So: SCRAM-*-PLUS with
-    tls-unique on TLS 1.2 (Prosody offers PLUS only there), plain SCRAM on TLS 1.3
-    (flag 'n' where PLUS is offered, as by ejabberd). The login works either way."""
+    """With XEP-0440 types advertised (ejabberd 24), tls-server-end-point. Without
+    (Prosody 0.12, ejabberd 23), tls-unique, the RFC 5802 default, which exists for
+    TLS 1.2 only (RFC 9266): SCRAM-*-PLUS on TLS 1.2 (Prosody 0.12 offers PLUS only
+    there), plain SCRAM on TLS 1.3 (flag 'n' where PLUS is offered). The login works
+    every time."""
     chosen = []
     original = link_module.ClientStream._authenticate
 
     def recording(self, features):
         original(self, features)
-        chosen.append((self._sasl.mechanism, self._sasl.binding, features.mechanisms))
+        chosen.append((self._sasl.mechanism, self._sasl.binding, features.mechanisms, features.binding_types))
 
     monkeypatch.setattr(link_module.ClientStream, "_authenticate", recording)
     jid, password = server.new_user("alice")
@@ -138,8 +139,10 @@ async def test_scram_with_channel_binding_when_offered(server, monkeypatch, tls_
         assert link._writer.get_extra_info("ssl_object").version() == tls_version.replace("_", ".")
     finally:
         await link.stop()
-    mechanism, binding, offered = chosen[0]
-    if tls_version == "TLSv1_2":
+    mechanism, binding, offered, types = chosen[0]
+    if types and "tls-server-end-point" in types:
+        assert (mechanism, binding) == ("SCRAM-SHA-256-PLUS", "tls-server-end-point"), chosen
+    elif tls_version == "TLSv1_2":
         assert "SCRAM-SHA-256-PLUS" in offered
         assert (mechanism, binding) == ("SCRAM-SHA-256-PLUS", "tls-unique"), chosen
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from support.prosody import Prosody, free_port
+from support.prosody import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOWNSTREAM_PASSWORD = "downstream-secret"
@@ -25,10 +25,10 @@ _SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STRE
 
 
 class Bouncer:
-    def __init__(self, base_dir: Path, prosody: Prosody, jid: str, password: str, **overrides: dict) -> None:
+    def __init__(self, base_dir: Path, server, jid: str, password: str, **overrides: dict) -> None:
         self.dir = Path(base_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.prosody = prosody
+        self.server = server  # a Prosody or an ejabberd from tests/support
         self.jid = jid
         self.port = free_port()
         self.config_path = self.dir / "bouncer.yaml"
@@ -37,9 +37,9 @@ class Bouncer:
                 "jid": jid,
                 "password": password,
                 "host": "127.0.0.1",
-                "port": prosody.port,
+                "port": server.port,
                 "tls": "starttls",
-                "ca_file": str(prosody.cert_path),
+                "ca_file": str(server.cert_path),
             },
             "listen": {"address": "127.0.0.1", "port": self.port},
             "downstream": {"password": DOWNSTREAM_PASSWORD},

@@ -12,18 +12,26 @@ tests can be parametrized over both servers. Debian's ejabberd 23.01:
   ``memsup`` make their own sessions and exit with it).
 * No Erlang distribution (node ``nonode@nohost``): no epmd, cookie or node-name
   clashes, any number of instances at once; ``ejabberdctl`` cannot reach them.
-  Config, Mnesia spool, logs and ``HOME`` are in the temp dir (no crash dumps).
+  Config, database, Mnesia spool, logs and ``HOME`` are in the temp dir (no
+  crash dumps).
 * Accounts go through ``mod_http_api`` on a third loopback port, limited to
-  ``register``/``change_password`` from 127.0.0.1: ~0.5-1 ms each over a
-  kept-alive connection (in-band registration over a fresh socket: ~0.9 ms;
-  ``ejabberdctl register``: ~1 s, and needs distribution; Prosody: 0.2 ms).
-  Passwords are stored ``plain`` so PLAIN and every SCRAM variant work.
-  Accounts added while stopped (or paused) are created by ``start()`` (``resume()``).
-* Mnesia's ``disc_only`` tables are dets files with a write cache: SIGKILL loses
-  the writes of the last ~3 s (measured; Prosody's files survive). So after
-  :meth:`kill` the next ``start()`` re-creates every account made here; other
-  recent data (roster, offline messages, archives) may be gone.
-* Measured: ``start()`` 0.85-0.95 s (ejabberd logs ~0.6 s), ``stop()`` 1.07 s
+  ``register``/``change_password``/``add_rosteritem`` from 127.0.0.1 over a
+  kept-alive connection: ~2-5 ms an account (an fsync'd SQLite commit; 1-2 ms
+  with Mnesia; ``ejabberdctl register``: ~1 s, and needs distribution;
+  Prosody: 0.2 ms). Passwords are stored ``plain`` so PLAIN and every SCRAM
+  variant work. Accounts added while stopped (or paused) are created by
+  ``start()`` (``resume()``).
+* Storage is SQLite (``default_db: sql``, ``auth_method: sql``; Debian's
+  ``erlang-p1-sqlite3``), schema ``/usr/share/ejabberd/sql/lite.sql`` (23.01's
+  default, old schema) created here in ``ejabberd.db`` in WAL mode (one fsync a
+  commit; ejabberd opens it with the default ``synchronous=FULL``; its
+  single connection: ``sql_pool_size`` defaults to 1 for SQLite). Every write is
+  committed when it is acknowledged, so accounts, rosters, offline messages, archives,
+  persistent rooms, PEP/bookmarks all survive :meth:`kill` as Prosody's files do.
+  (Mnesia's ``disc_only`` tables are dets files with a write cache: SIGKILL
+  lost the last ~3 s of writes.) Mnesia still holds ejabberd's RAM tables
+  (sessions, routes, online rooms) and its schema in ``spool/``.
+* Measured: ``start()`` 0.9-1.4 s (also after :meth:`kill`), ``stop()`` 1.07 s
   (on SIGTERM the VM runs ``init:stop()``, which always takes ~1 s, even for an
   empty ``erl``), ``kill()`` 10 ms; Prosody 0.04 / 0.01 / 0.001 s. ejabberd
   opens its ports last, yet ``start()`` waits until both c2s ports answer a
@@ -44,6 +52,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import tempfile
@@ -57,6 +66,7 @@ __all__ = ["Ejabberd"]
 DOMAIN = "localhost"
 MUC_DOMAIN = "conference.localhost"
 ERL_LIBS = "/usr/lib/x86_64-linux-gnu"  # where Debian puts ejabberd's own apps
+SQLITE_SCHEMA = Path("/usr/share/ejabberd/sql/lite.sql")  # for new_sql_schema: false (23.01's default)
 _LOG_LEVELS = {"warn": "warning"}  # Prosody's names that ejabberd spells differently
 
 _CONFIG = """\
@@ -66,7 +76,10 @@ loglevel: {log_level}
 log_rotate_count: 0
 hide_sensitive_log_data: false
 certfiles: ["{cert}", "{key}"]
-auth_method: internal
+sql_type: sqlite
+sql_database: "{database}"
+default_db: sql  # every module with a SQL backend: roster, MAM, MUC rooms, offline, pubsub...
+auth_method: sql
 auth_password_format: plain
 disable_sasl_mechanisms: ["X-OAUTH2", "DIGEST-MD5"]  # offer what Prosody offers
 s2s_access: none  # and no s2s listener: nothing leaves the machine
@@ -78,7 +91,7 @@ listen:
 api_permissions:
   "test accounts":
     who: {{ip: 127.0.0.1/8}}
-    what: [register, change_password]
+    what: [register, change_password, add_rosteritem]
 modules:
   mod_roster: {{versioning: true}}
   mod_disco: {{}}
@@ -114,17 +127,19 @@ class Ejabberd:
     """An ejabberd instance in a temporary directory.
 
     ``start()``/``stop()``/``kill()``/``restart()`` control the process;
-    ``restart()`` keeps the ports and the data (the Mnesia spool), so clients
+    ``restart()`` keeps the ports and the data (the SQLite database), so clients
     can reconnect to the same address.
     """
 
+    kind = "ejabberd"
     domain = DOMAIN
     muc_domain = MUC_DOMAIN
 
     def __init__(self, base_dir: str | os.PathLike | None = None, *, log_level: str = "info"):
         self.dir = Path(tempfile.mkdtemp(prefix="ejabberd-", dir=base_dir))
-        self.datadir = self.dir / "spool"  # Mnesia
+        self.datadir = self.dir / "spool"  # Mnesia (RAM tables and its schema)
         self.datadir.mkdir()
+        self.database_path = self.dir / "ejabberd.db"  # SQLite: all persistent data
         self.log_path = self.dir / "ejabberd.log"
         self.console_path = self.dir / "console.log"
         self.config_path = self.dir / "ejabberd.yml"
@@ -137,11 +152,11 @@ class Ejabberd:
         self.log_level = log_level  # "debug" logs every stanza: for diagnosis
         self._proc: subprocess.Popen | None = None
         self._api: http.client.HTTPConnection | None = None
-        self._accounts: dict[str, str] = {}  # every account we made
-        self._pending: dict[str, str] = {}  # to (re)create at the next start
+        self._pending: dict[str, str] = {}  # added while stopped or paused: made by start()/resume()
         self._paused = False
         self._names = itertools.count(1)
         self._make_cert()
+        self._make_database()
         self._write_config()
 
     # -- setup ----------------------------------------------------------------
@@ -156,9 +171,19 @@ class Ejabberd:
             check=True, capture_output=True,
         )
 
+    def _make_database(self) -> None:
+        """An SQLite database with ejabberd 23.01's schema (it creates none itself)."""
+        db = sqlite3.connect(self.database_path)
+        try:
+            db.executescript(SQLITE_SCHEMA.read_text())
+            db.execute("PRAGMA journal_mode = WAL")  # kept in the file
+        finally:
+            db.close()
+
     def _write_config(self) -> None:
         self.config_path.write_text(_CONFIG.format(
             domain=DOMAIN, muc_domain=MUC_DOMAIN, cert=self.cert_path, key=self.key_path,
+            database=self.database_path,
             log_level=_LOG_LEVELS.get(self.log_level, self.log_level), port=self.port,
             direct_tls_port=self.direct_tls_port, api_port=self._api_port,
         ))
@@ -170,7 +195,6 @@ class Ejabberd:
 
         While stopped or paused, it is created by the next ``start()``/``resume()``.
         """
-        self._accounts[name] = password
         if self.running and not self._paused:
             self._create_account(name, password)
         else:
@@ -182,6 +206,15 @@ class Ejabberd:
         name = f"{prefix.lower()}{next(self._names)}x{os.urandom(3).hex()}"
         password = f"pw-{os.urandom(6).hex()}"
         return self.add_user(name, password), password
+
+    def befriend(self, a: str, b: str) -> None:
+        """Make bare JIDs ``a`` and ``b`` subscribed both ways (before either logs in)."""
+        for user, contact in ((a, b), (b, a)):
+            status, body = self._api_call("add_rosteritem", localuser=user.split("@")[0], localhost=DOMAIN,
+                                          user=contact.split("@")[0], host=DOMAIN, nick="", group="",
+                                          subs="both")
+            if status != 200:
+                raise RuntimeError(f"ejabberd could not add {contact} to {user}'s roster: {status} {body!r}")
 
     def _create_account(self, name: str, password: str) -> None:
         status, body = self._api_call("register", user=name, host=DOMAIN, password=password)
@@ -308,7 +341,6 @@ class Ejabberd:
             self._signal(signal.SIGKILL)
             proc.wait()
         self._proc = None
-        self._pending = dict(self._accounts)  # dets may have lost the newest
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open but nothing is read or answered."""

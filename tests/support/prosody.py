@@ -110,6 +110,7 @@ class Prosody:
     messages), so clients can reconnect to the same address.
     """
 
+    kind = "prosody"
     domain = DOMAIN
     muc_domain = MUC_DOMAIN
 
@@ -176,6 +177,19 @@ class Prosody:
         path = self.datadir / _escape_host(DOMAIN) / "accounts" / f"{name}.dat"
         path.write_text(f"return {{\n\t[\"password\"] = {_lua_string(password)};\n}};\n")
         return f"{name}@{DOMAIN}"
+
+    def befriend(self, a: str, b: str) -> None:
+        """Make bare JIDs ``a`` and ``b`` subscribed both ways, written straight into storage
+        (Prosody reads a roster at login: call it before either account logs in)."""
+        for user, contact in ((a, b), (b, a)):
+            path = self.datadir / _escape_host(DOMAIN) / "roster" / f"{user.split('@')[0]}.dat"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                "return {\n"
+                '  [false] = { ["version"] = 1; };\n'
+                f'  ["{contact}"] = {{ ["subscription"] = "both"; ["groups"] = {{}}; }};\n'
+                "};\n"
+            )
 
     def new_user(self, prefix: str = "user") -> tuple[str, str]:
         """A fresh account with a unique name: ``(bare_jid, password)``."""

@@ -152,6 +152,25 @@ def test_kick_of_the_account_reaches_all_and_drops_state(tmp_path):
     assert ROOM not in r.muc.rooms and archive.held() == []
 
 
+def test_unasked_plain_departure_of_the_account_is_rejoined_quietly(tmp_path):
+    """An unavailable self-presence without a reason, which the account never asked
+    for (ejabberd ends a crashed bouncer's hibernated session after the new one
+    joined with the same full JID): the account joins again, the sessions stay and
+    see only what changed."""
+    r, archive = setup(tmp_path)
+    complete_first_join(r)
+    join(r, "B")
+    actions = r.from_upstream(occupant("alice", ptype="unavailable", codes=("110",)), 104.0)
+    (rejoin,) = up(actions)
+    assert rejoin.get("to") == f"{ROOM}/alice" and rejoin.find(f"{{{ns.MUC}}}x") is not None
+    assert to(actions, "A") == [] and to(actions, "B") == []
+    assert r.muc.rooms[ROOM].sessions == {"A", "B"} and archive.held() != []
+    back = []
+    for el in (occupant("bob"), occupant("carol"), occupant("alice", codes=("110",))):
+        back += r.from_upstream(el, 105.0)
+    assert to(back, "A") == [] and to(back, "B") == []  # nothing changed for them
+
+
 def test_nick_change_and_occupant_tracking(tmp_path):
     r, _ = setup(tmp_path)
     complete_first_join(r)
