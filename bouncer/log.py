@@ -1,4 +1,4 @@
-"""Logging set-up: structlog events, plus stdlib logging (aioxmpp) in the same output.
+"""Logging set-up: structlog events, plus stdlib logging (asyncio, libraries) in the same output.
 
 One event per line (SPEC §10) so journald and log shippers see whole events; a console
 renderer for humans at a terminal, JSON lines otherwise. The level lives in this module
@@ -35,7 +35,7 @@ def configure_logging(format: str = "auto", level: str = "info", *,
     debug/info/warning/error. Under systemd (JOURNAL_STREAM names this stream) lines carry
     no timestamp, since the journal adds its own, and start with a ``<N>`` syslog priority
     that journald strips and records, so ``journalctl -p warning`` works. Records from
-    stdlib logging are shown at WARNING and above: aioxmpp is far too chatty below that.
+    stdlib logging are shown at WARNING and above: libraries are chatty below that.
     """
     global _threshold, _stdlib_handler
     if format not in FORMATS or level not in LEVELS:

@@ -352,6 +352,29 @@ async def test_sigterm_sends_system_shutdown_and_exits_0(prosody, tmp_path, noti
     assert not control_socket(s).exists()
 
 
+# What systemd's MemoryDenyWriteExecute=yes enforces, without systemd: the kernel's
+# PR_SET_MDWE (Linux >= 6.3; inherited across execve) refuses memory both writable and
+# executable, then execs the rest of the command line.
+WRITE_XOR_EXECUTE = [sys.executable, "-c",
+                     "import ctypes, os, sys\n"
+                     "assert ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) == 0, 'no PR_SET_MDWE'\n"
+                     "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+async def test_runs_with_write_xor_execute_memory(prosody, tmp_path):
+    """The units set MemoryDenyWriteExecute=yes: the whole bouncer, upstream TLS with
+    certificate checks and SCRAM included, must work without W+X memory (aioxmpp's
+    pyOpenSSL verification callback needed it)."""
+    s = make_setup(prosody, tmp_path)
+    s.bouncer.start(wrapper=WRITE_XOR_EXECUTE)  # upstream: STARTTLS, verified against ca_file
+    a = await connect(f"{s.alice}/A", s.password, s.port)  # downstream: STARTTLS, SCRAM
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    bob.send_message(mto=f"{s.alice}/A", mbody="w^x", mtype="chat")
+    await a.wait_for(body_is("w^x"))
+    await close(a, bob)
+    assert s.bouncer.stop() == 0, s.bouncer.log_tail()
+
+
 # --- unit files -------------------------------------------------------------------------------
 
 UNITS = REPO / "systemd"

@@ -54,13 +54,15 @@ class Bouncer:
         self._lines: list[str] = []
         self._cond = threading.Condition()
 
-    def start(self, wait_upstream: bool = True, timeout: float = 20, env: dict | None = None) -> "Bouncer":
-        """Run the process (``env``: extra environment variables, e.g. NOTIFY_SOCKET)."""
+    def start(self, wait_upstream: bool = True, timeout: float = 20, env: dict | None = None,
+              wrapper: list[str] | None = None) -> "Bouncer":
+        """Run the process (``env``: extra environment variables, e.g. NOTIFY_SOCKET;
+        ``wrapper``: a command line the bouncer's own is appended to)."""
         # Never the test runner's own service manager: only what the test passes.
         inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARS}
         env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bouncer", "run", "-c", str(self.config_path)],
+            [*(wrapper or []), sys.executable, "-m", "bouncer", "run", "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
