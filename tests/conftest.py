@@ -17,50 +17,40 @@ from support.ejabberd import Ejabberd
 from support.prosody import Prosody, client_ssl_context
 
 
-@pytest.fixture(scope="session")
-def prosody(tmp_path_factory):
-    server = Prosody(base_dir=tmp_path_factory.mktemp("prosody"))
-    server.start()
-    yield server
-    server.cleanup()
+def _shared_server(cls):
+    """One server of that kind for the whole test session (tests never share accounts)."""
 
-
-@pytest.fixture
-def prosody_factory(tmp_path):
-    """Create private Prosody instances (not started); all are removed afterwards."""
-    servers: list[Prosody] = []
-
-    def make() -> Prosody:
-        server = Prosody(base_dir=tmp_path)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
+    @pytest.fixture(scope="session", name=cls.kind)
+    def fixture(tmp_path_factory):
+        server = cls(base_dir=tmp_path_factory.mktemp(cls.kind))
+        server.start()
+        yield server
         server.cleanup()
 
-
-@pytest.fixture(scope="session")
-def ejabberd(tmp_path_factory):
-    server = Ejabberd(base_dir=tmp_path_factory.mktemp("ejabberd"))
-    server.start()
-    yield server
-    server.cleanup()
+    return fixture
 
 
-@pytest.fixture
-def ejabberd_factory(tmp_path):
-    """Create private ejabberd instances (not started); all are removed afterwards."""
-    servers: list[Ejabberd] = []
+def _server_factory(cls):
+    """Private servers of that kind (not started), all removed afterwards: for tests
+    that kill, pause or restart them."""
 
-    def make() -> Ejabberd:
-        server = Ejabberd(base_dir=tmp_path)
-        servers.append(server)
-        return server
+    @pytest.fixture(name=f"{cls.kind}_factory")
+    def fixture(tmp_path):
+        servers = []
 
-    yield make
-    for server in servers:
-        server.cleanup()
+        def make():
+            servers.append(cls(base_dir=tmp_path))
+            return servers[-1]
+
+        yield make
+        for server in servers:
+            server.cleanup()
+
+    return fixture
+
+
+prosody, ejabberd = _shared_server(Prosody), _shared_server(Ejabberd)
+prosody_factory, ejabberd_factory = _server_factory(Prosody), _server_factory(Ejabberd)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from support.upstream import (
     eventually,
     has_id,
     infoset,
+    link_and_peers,
     make_link,
     message,
     payload,
@@ -169,39 +170,19 @@ async def test_wrong_password_keeps_retrying(server):
 async def test_inbound_message_keeps_full_infoset(server):
     """What the account gets is what a direct client of the same server gets
     (servers normalise: ejabberd drops unknown attributes and reorders the body)."""
-    alice, alice_pw = server.new_user("alice")
-    bob_jid, bob_pw = server.new_user("bob")
-    carol_jid, carol_pw = server.new_user("carol")
-    link, events = make_link(server, alice, alice_pw)
-    await link.start()
-    ev = await events.wait(established)
-    bob = await Peer.connect(server, bob_jid, bob_pw)
-    carol = await Peer.connect(server, carol_jid, carol_pw)
-    try:
-        bob.send(payload(ev.jid, "same"))
+    async with link_and_peers(server, "bob", "carol") as (link, events, bob, carol):
+        bob.send(payload(link.jid, "same"))
         bob.send(payload(carol.jid, "same"))
         got = (await events.wait(stanza(has_id("same")))).element
         direct = await carol.wait(has_id("same"))
         assert got.get("from") == bob.jid
         assert infoset(got, strip=("to",)) == infoset(direct, strip=("to",))
         assert got.getparent() is None and got.nsmap[None] == CLIENT
-    finally:
-        bob.close()
-        carol.close()
-        await link.stop()
 
 
 async def test_outbound_message_keeps_full_infoset(server):
     """What bob gets from the link is what he gets from a direct client sending the same."""
-    alice, alice_pw = server.new_user("alice")
-    bob_jid, bob_pw = server.new_user("bob")
-    carol_jid, carol_pw = server.new_user("carol")
-    link, events = make_link(server, alice, alice_pw, tls="starttls")
-    await link.start()
-    await events.wait(established)
-    bob = await Peer.connect(server, bob_jid, bob_pw)
-    carol = await Peer.connect(server, carol_jid, carol_pw)
-    try:
+    async with link_and_peers(server, "bob", "carol", tls="starttls") as (link, events, bob, carol):
         assert link.send(payload(bob.jid, "out-1"))
         carol.send(payload(bob.jid, "out-2"))
         got, direct = await bob.wait(has_id("out-1")), await bob.wait(has_id("out-2"))
@@ -217,24 +198,14 @@ async def test_outbound_message_keeps_full_infoset(server):
         carol.send(etree.tostring(inner).replace(b"out-3", b"out-4").decode())
         got, direct = await bob.wait(has_id("out-3")), await bob.wait(has_id("out-4"))
         assert infoset(got, strip=("from", "id")) == infoset(direct, strip=("from", "id"))
-    finally:
-        bob.close()
-        carol.close()
-        await link.stop()
 
 
 async def test_iq_request_reaches_the_bouncer_unanswered(server):
     """An IQ get with an unknown payload goes to the account raw; the link answers
     nothing itself (the account decides)."""
-    alice, alice_pw = server.new_user("alice")
-    bob_jid, bob_pw = server.new_user("bob")
-    link, events = make_link(server, alice, alice_pw)
-    await link.start()
-    ev = await events.wait(established)
-    bob = await Peer.connect(server, bob_jid, bob_pw)
-    try:
+    async with link_and_peers(server, "bob") as (link, events, bob):
         request = etree.fromstring(
-            f"<iq xmlns='jabber:client' type='get' id='q-1' to='{ev.jid}'>"
+            f"<iq xmlns='jabber:client' type='get' id='q-1' to='{link.jid}'>"
             "<query xmlns='urn:x-test:unknown' v='1'><deep a='b'>text</deep></query></iq>"
         )
         bob.send(request)
@@ -250,9 +221,6 @@ async def test_iq_request_reaches_the_bouncer_unanswered(server):
         assert link.send(message(bob.jid, "barrier", id_="barrier-1"))
         await bob.wait(has_id("barrier-1"))
         assert bob.inbox.count(has_id("q-1")) == 1
-    finally:
-        bob.close()
-        await link.stop()
 
 
 async def test_stanzas_before_sm_enabled_are_not_counted(server, monkeypatch):

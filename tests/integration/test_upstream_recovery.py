@@ -16,7 +16,6 @@ from lxml import etree
 from bouncer.upstream import link as link_module
 from bouncer.upstream.link import UpstreamLink, UpstreamSettings
 from support.upstream import (
-    FAST,
     Blackhole,
     Inbox,
     Peer,
@@ -24,6 +23,7 @@ from support.upstream import (
     established,
     eventually,
     has_id,
+    link_and_peers,
     make_link,
     message,
     ping_roundtrip,
@@ -32,13 +32,7 @@ from support.upstream import (
 
 
 async def test_local_abort_reconnects_and_resumes(server):
-    alice, alice_pw = server.new_user("alice")
-    bob_jid, bob_pw = server.new_user("bob")
-    link, events = make_link(server, alice, alice_pw)
-    await link.start()
-    await events.wait(established)
-    bob = await Peer.connect(server, bob_jid, bob_pw)
-    try:
+    async with link_and_peers(server, "bob") as (link, events, bob):
         mark = len(events.items)
         link._writer.transport.abort()
         await events.wait(down, start=mark)
@@ -48,21 +42,12 @@ async def test_local_abort_reconnects_and_resumes(server):
         await bob.wait(has_id("aa-1"))
         bob.send(message(link.jid, "to link", id_="aa-2"))
         await events.wait(stanza(has_id("aa-2")))
-    finally:
-        bob.close()
-        await link.stop()
 
 
 async def test_stanza_queued_when_the_connection_dies_is_sent_once(server):
     """The connection dies between send() and the write: the stanza is in the
     unacknowledged queue and is sent on the resumed stream, exactly once."""
-    alice, alice_pw = server.new_user("alice")
-    bob_jid, bob_pw = server.new_user("bob")
-    link, events = make_link(server, alice, alice_pw, tls="starttls")
-    await link.start()
-    await events.wait(established)
-    bob = await Peer.connect(server, bob_jid, bob_pw)
-    try:
+    async with link_and_peers(server, "bob", tls="starttls") as (link, events, bob):
         mark = len(events.items)
         assert link.send(message(bob.jid, "queued on a dying connection", id_="dead-1"))
         link._writer.transport.abort()  # before the write the send scheduled
@@ -71,9 +56,6 @@ async def test_stanza_queued_when_the_connection_dies_is_sent_once(server):
         assert link.send(message(bob.jid, "barrier", id_="dead-barrier"))
         await bob.wait(has_id("dead-barrier"))
         assert bob.inbox.count(has_id("dead-1")) == 1
-    finally:
-        bob.close()
-        await link.stop()
 
 
 async def test_server_killed_and_restarted(server_factory):
@@ -165,14 +147,16 @@ async def test_silent_cut_while_bob_sends_loses_nothing(server):
     """The connection goes silent (no FIN, no RST) while bob sends numbered chats:
     the keepalive finds it dead, the link reconnects and resumes, and every message
     the server accepted reaches the account exactly once, in order."""
-    alice, alice_pw = server.new_user("alice")
-    bob_jid, bob_pw = server.new_user("bob")
     hole = await Blackhole(server.port).start()
-    link, events = make_link(server, alice, alice_pw, port=hole.port, keepalive=0.3, keepalive_timeout=0.3)
-    await link.start()
-    await events.wait(established)
-    bob = await Peer.connect(server, bob_jid, bob_pw)
     try:
+        await _numbered_chats_through_a_cut(server, hole)
+    finally:
+        await hole.close()
+
+
+async def _numbered_chats_through_a_cut(server, hole: Blackhole) -> None:
+    async with link_and_peers(server, "bob", port=hole.port, keepalive=0.3, keepalive_timeout=0.3) as (
+            link, events, bob):
         total = 60
         mark = len(events.items)
         for i in range(total):
@@ -184,10 +168,6 @@ async def test_silent_cut_while_bob_sends_loses_nothing(server):
         await events.wait(stanza(has_id(f"n-{total - 1}")))
         got = [e.element.get("id") for e in events.items if stanza(lambda el: (el.get("id") or "").startswith("n-"))(e)]
         assert got == [f"n-{i}" for i in range(total)]
-    finally:
-        bob.close()
-        await link.stop()
-        await hole.close()
 
 
 async def test_keepalive_detects_a_stopped_server(server_factory):

@@ -49,7 +49,6 @@ import http.client
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -60,6 +59,7 @@ import time
 from pathlib import Path
 
 from support.prosody import client_ssl_context, free_port
+from support.server import ThrowawayServer
 
 __all__ = ["Ejabberd"]
 
@@ -123,7 +123,7 @@ modules:
 """
 
 
-class Ejabberd:
+class Ejabberd(ThrowawayServer):
     """An ejabberd instance in a temporary directory.
 
     ``start()``/``stop()``/``kill()``/``restart()`` control the process;
@@ -246,13 +246,7 @@ class Ejabberd:
 
     # -- process control ------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 20.0) -> None:
         """Spawn the VM; return once both c2s ports send stream features."""
@@ -331,16 +325,8 @@ class Ejabberd:
                 self.kill()
         self._proc = None
 
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes without closing anything gracefully."""
-        self._close_api()
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._signal(signal.SIGKILL)
-            proc.wait()
-        self._proc = None
+    def _before_kill(self) -> None:
+        self._close_api()  # its socket dies with the server
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open but nothing is read or answered."""
@@ -354,10 +340,6 @@ class Ejabberd:
             self._paused = False
             self._create_pending()
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports with the same data."""
-        self.stop()
-        self.start()
 
     def _signal(self, sig: int) -> None:
         """Signal the VM's process group (its id is the VM's PID, see ``start``).
@@ -366,34 +348,3 @@ class Ejabberd:
         """
         if self._proc is not None and self._proc.poll() is None:
             os.killpg(self._proc.pid, sig)
-
-    # -- diagnostics / cleanup ------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_text()
-        try:
-            text += self.console_path.read_text(errors="replace")
-        except FileNotFoundError:
-            pass
-        return "\n".join(text.splitlines()[-lines:])
-
-    def cleanup(self) -> None:
-        """Stop the server and delete its directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> "Ejabberd":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return f"<Ejabberd port={self.port} pid={self.pid} dir={self.dir}>"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -26,6 +25,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from support.server import ThrowawayServer
 
 __all__ = ["Prosody", "client_ssl_context", "free_port"]
 
@@ -102,7 +103,7 @@ def _lua_string(value: str) -> str:
     return f'"{out}"'
 
 
-class Prosody:
+class Prosody(ThrowawayServer):
     """A Prosody instance in a temporary directory.
 
     ``start()``/``stop()``/``kill()``/``restart()`` control the process;
@@ -199,13 +200,7 @@ class Prosody:
 
     # -- process control ----------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> None:
         """Spawn ``prosody -F`` and return once both c2s ports accept."""
@@ -257,15 +252,6 @@ class Prosody:
                 proc.wait()
         self._proc = None
 
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes without closing anything gracefully."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._signal(signal.SIGKILL)
-            proc.wait()
-        self._proc = None
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open but nothing is read or answered."""
@@ -275,42 +261,7 @@ class Prosody:
         """SIGCONT after :meth:`pause`."""
         self._signal(signal.SIGCONT)
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports with the same data."""
-        self.stop()
-        self.start()
 
     def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
             os.kill(self._proc.pid, sig)
-
-    # -- diagnostics / cleanup -------------------------------------------------
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_text()
-        try:
-            text += self.console_path.read_text(errors="replace")
-        except FileNotFoundError:
-            pass
-        return "\n".join(text.splitlines()[-lines:])
-
-    def cleanup(self) -> None:
-        """Stop the server and delete its directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> "Prosody":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return f"<Prosody port={self.port} pid={self.pid} dir={self.dir}>"

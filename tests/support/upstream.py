@@ -8,6 +8,7 @@ removing what servers add on the way (``from``, ``xml:lang``, ``stanza-id``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 import xml.etree.ElementTree as ET
@@ -99,6 +100,25 @@ def make_link(server, jid: str, password: str, *, tls="plain", port=None, **kwar
     settings = UpstreamSettings(jid, password, host="127.0.0.1", port=port, tls=tls, **settings_kw)
     link = UpstreamLink(settings, events.append, **{**FAST, **kwargs})
     return link, events
+
+
+@contextlib.asynccontextmanager
+async def link_and_peers(server, *names: str, **link_kw):
+    """An established link for a fresh account, plus a logged-in Peer for each of
+    ``names`` (fresh accounts too): ``(link, events, *peers)``; all closed afterwards."""
+    alice, password = server.new_user("alice")
+    link, events = make_link(server, alice, password, **link_kw)
+    await link.start()
+    await events.wait(established)
+    peers = []
+    try:
+        for name in names:
+            peers.append(await Peer.connect(server, *server.new_user(name)))
+        yield (link, events, *peers)
+    finally:
+        for peer in peers:
+            peer.close()
+        await link.stop()
 
 
 class Peer:
