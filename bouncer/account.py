@@ -21,7 +21,14 @@ from bouncer.muc.routing import MucRouter, MucSettings
 from bouncer.router import Router, RouterSettings
 from bouncer.storage.archive import RoomArchive
 from bouncer.storage.offline import OfflineStore
-from bouncer.upstream.link import UpstreamDown, UpstreamEstablished, UpstreamEvent, UpstreamStanza
+from bouncer.storage.db import GroupCommit
+from bouncer.upstream.link import (
+    UpstreamDown,
+    UpstreamEstablished,
+    UpstreamEvent,
+    UpstreamReadHandled,
+    UpstreamStanza,
+)
 
 if TYPE_CHECKING:
     import sqlite3
@@ -48,9 +55,10 @@ class Upstream(Protocol):
 
 
 class Account:
-    def __init__(self, router: Router, offline: OfflineStore) -> None:
+    def __init__(self, router: Router, offline: OfflineStore, commits: GroupCommit | None = None) -> None:
         self.router = router
         self.offline = offline
+        self._commits = commits
         self.upstream: Upstream | None = None
         self.connections: dict[str, Connection] = {}  # bound sessions by resource
         self._clock = time.time  # wall clock: it stamps archived messages too
@@ -126,7 +134,12 @@ class Account:
     def on_upstream(self, event: UpstreamEvent) -> None:
         match event:
             case UpstreamStanza(element):
+                if self._commits is not None:
+                    self._commits.begin()
                 self._run(self.router.from_upstream(element, self._clock()))
+            case UpstreamReadHandled():
+                if self._commits is not None:
+                    self._commits.commit()
             case UpstreamEstablished(full_jid, resumed):
                 self._run(self.router.upstream_established(full_jid, resumed))
             case UpstreamDown():
@@ -234,7 +247,7 @@ def build_account(config: Config, db: sqlite3.Connection) -> Account:
         ),
         muc=muc,
     )
-    return Account(router, OfflineStore(db))
+    return Account(router, OfflineStore(db), GroupCommit(db))
 
 
 def apply_room_settings(muc: MucRouter, config: Config) -> None:

@@ -76,3 +76,26 @@ def migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+class GroupCommit:
+    """Many writes, one commit (the upstream hands over stanzas a read at a time).
+
+    Everything the account writes while it handles one read from the upstream shares
+    a transaction, committed once the read is handled: before control returns to the
+    event loop, so before any session's writer sends what those writes archived or
+    stored. Durable across a crash of the process (WAL); one commit per read instead
+    of one per message.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def begin(self) -> None:
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN")
+
+    def commit(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+

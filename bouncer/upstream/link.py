@@ -66,7 +66,12 @@ class UpstreamStanza:
     element: etree._Element
 
 
-UpstreamEvent = UpstreamEstablished | UpstreamDown | UpstreamStanza
+@dataclass(frozen=True)
+class UpstreamReadHandled:
+    """Every stanza of one read from the server was handed over (commit what they wrote)."""
+
+
+UpstreamEvent = UpstreamEstablished | UpstreamDown | UpstreamStanza | UpstreamReadHandled
 
 
 @dataclass(frozen=True)
@@ -289,6 +294,13 @@ class UpstreamLink:
 
     async def _handle(self, events: list, writer: asyncio.StreamWriter) -> str | None:
         """Act on the stream's events; the reason when the stream ended."""
+        try:
+            return await self._act(events, writer)
+        finally:
+            if any(isinstance(e, StanzaReceived) for e in events):
+                self._emit(UpstreamReadHandled())
+
+    async def _act(self, events: list, writer: asyncio.StreamWriter) -> str | None:
         for event in events:
             match event:
                 case StanzaReceived(element):
