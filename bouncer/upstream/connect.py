@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
-import dns.resolver
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
@@ -37,8 +36,9 @@ class Target:
         return f"{self.host}:{self.port}" + (" (direct TLS)" if self.direct_tls else "")
 
 
-async def targets(account_jid: str, tls: str, host: str | None, port: int | None) -> list[Target]:
-    """Where to try, in order (RFC 2782 for SRV records)."""
+async def targets(account_jid: str, tls: str, host: str | None, port: int | None,
+                  resolver: dns.asyncresolver.Resolver | None = None) -> list[Target]:
+    """Where to try, in order (RFC 2782 for SRV records); ``resolver``: the system's by default."""
     if host is not None:
         return [Target(host, port or DEFAULT_PORTS[tls], tls == "direct")]
     domain = jid.domain(account_jid)
@@ -47,17 +47,17 @@ async def targets(account_jid: str, tls: str, host: str | None, port: int | None
         services.append(("_xmpp-client._tcp", False))
     records: list[tuple[int, int, Target]] = []
     for service, direct in services:
-        for priority, weight, target, target_port in await _srv(f"{service}.{domain}"):
+        for priority, weight, target, target_port in await _srv(f"{service}.{domain}", resolver):
             records.append((priority, weight, Target(target, target_port, direct)))
     if records:
         return order(records)
     return [Target(domain, port or DEFAULT_PORTS[tls], tls == "direct")]
 
 
-async def _srv(name: str) -> list[tuple[int, int, str, int]]:
+async def _srv(name: str, resolver: dns.asyncresolver.Resolver | None) -> list[tuple[int, int, str, int]]:
     """``(priority, weight, host, port)`` records; none when absent or when ``.`` says so."""
     try:
-        answer = await dns.asyncresolver.resolve(name, "SRV")
+        answer = await (resolver or dns.asyncresolver.get_default_resolver()).resolve(name, "SRV")
     except (dns.exception.DNSException, OSError):
         return []
     out = []
