@@ -21,6 +21,7 @@ from enum import Enum, auto
 from lxml import etree
 
 from bouncer.xmpp import framing, ns, sm, stanza
+from bouncer.xmpp.events import StanzaReceived
 from bouncer.c2s import sasl
 from bouncer.xmpp.parser import ElementReceived, StreamEnded, StreamOpened, StreamParser, XmlRefused
 from bouncer.xmpp.ns import q
@@ -69,11 +70,6 @@ class BindRequested:
     """The client asks for a resource (None: pick one). Answer with ``bind``."""
 
     resource: str | None
-
-
-@dataclass(frozen=True)
-class StanzaReceived:
-    element: etree._Element
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,8 @@ import structlog
 from lxml import etree
 
 from bouncer.upstream import connect
-from bouncer.upstream.stream import (
-    ClientSettings,
-    ClientStream,
-    Ended,
-    Established,
-    Outgoing,
-    StanzaReceived,
-    TlsRequired,
-    UpstreamPhase,
-)
+from bouncer.upstream.events import Ended, Established, StanzaReceived, TlsRequired
+from bouncer.upstream.stream import ClientSettings, ClientStream, Outgoing, UpstreamPhase
 from bouncer.xmpp import jid, sm, stanza
 
 _log = structlog.get_logger("bouncer.upstream")
@@ -203,7 +195,7 @@ class UpstreamLink:
         stream, task = self._stream, self._task
         if task is None:
             return  # never started, or already stopped or suspended
-        if stream is not None and stream.phase is UpstreamPhase.OPEN and task is not None:
+        if stream is not None and stream.phase is UpstreamPhase.OPEN:
             stream.close()
             self._flush()
             await asyncio.wait([task], timeout=self._close_timeout)
@@ -235,7 +227,7 @@ class UpstreamLink:
                 reason = self._failed(f"internal error: {exc!r}")
             if self._stopping:
                 return
-            delay = self._next_delay(reason)
+            delay = self._next_delay()
             self.log.info("upstream retrying", delay=round(delay, 3), reason=reason)
             await asyncio.sleep(delay)
 
@@ -265,7 +257,7 @@ class UpstreamLink:
                 ended = await self._handle(events, writer)
                 self._arm_timer()
                 if stream.phase is UpstreamPhase.CLOSED and ended is None:
-                    ended = self.last_error or "closed"
+                    ended = self.last_error or "closed"  # ended by the timer, which said why
                 self._flush()
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             ended = await self._handle(stream.connection_lost(_describe(exc)), writer) or _describe(exc)
@@ -403,7 +395,7 @@ class UpstreamLink:
         self.last_error = reason
         return reason
 
-    def _next_delay(self, _reason: str) -> float:
+    def _next_delay(self) -> float:
         base, factor, cap = self._backoff
         delay = min(cap, base * factor**self._backoff_exp)
         self._backoff_exp += 1

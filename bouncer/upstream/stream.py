@@ -28,7 +28,9 @@ from typing import Callable, Literal
 from lxml import etree
 
 from bouncer.upstream import sasl
+from bouncer.upstream.events import Ended, Established, Event, TlsRequired
 from bouncer.xmpp import framing, ids, jid, ns, sm, stanza
+from bouncer.xmpp.events import StanzaReceived
 from bouncer.xmpp.ns import q
 from bouncer.xmpp.parser import ElementReceived, StreamEnded, StreamOpened, StreamParser, XmlRefused
 
@@ -65,34 +67,6 @@ def renews(el: etree._Element) -> bool:
     if el.tag == stanza.MESSAGE:
         return True
     return el.tag == stanza.PRESENCE and el.get("type") in _SUBSCRIPTIONS
-
-
-# ---- events for the edge -----------------------------------------------------------
-@dataclass(frozen=True)
-class TlsRequired:
-    """Flush, wrap the transport in TLS, then call ``tls_started``."""
-
-
-@dataclass(frozen=True)
-class Established:
-    jid: str
-    resumed: bool
-
-
-@dataclass(frozen=True)
-class StanzaReceived:
-    element: etree._Element
-
-
-@dataclass(frozen=True)
-class Ended:
-    """The attempt or the stream is over; the edge closes the transport."""
-
-    reason: str
-    retry_later: bool = True  # False: nothing is wrong with the server (we closed)
-
-
-Event = TlsRequired | Established | StanzaReceived | Ended
 
 
 class UpstreamPhase(Enum):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from lxml import etree
 
-from bouncer.upstream.stream import ClientSettings, ClientStream, Established, StanzaReceived
+from bouncer.upstream.events import Established, StanzaReceived
+from bouncer.upstream.stream import ClientSettings, ClientStream
 from bouncer.xmpp import ids
 
 HERE = Path(__file__).resolve().parents[1] / "unit" / "transcripts"

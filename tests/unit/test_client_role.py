@@ -11,7 +11,8 @@ from lxml import etree
 
 from bouncer.c2s import stream as server_core
 from bouncer.credentials import Credentials
-from bouncer.upstream.stream import ClientSettings, ClientStream, Ended, Established, StanzaReceived
+from bouncer.upstream.events import Ended, Established, StanzaReceived
+from bouncer.upstream.stream import ClientSettings, ClientStream
 from bouncer.xmpp import sm
 from support.transcripts import HERE, PING, client, fixed_ids
 
