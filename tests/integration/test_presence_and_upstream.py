@@ -1,9 +1,11 @@
-"""Account presence as the server sees it, and surviving an upstream restart (issue 3)."""
+"""Account presence as the server sees it; surviving upstream restarts, silent cuts and bad certificates."""
 
 from __future__ import annotations
 
+import asyncio
 
 from support.clients import body_is, close, connect
+from support.upstream import Blackhole
 from integration_setup import kill_upstream, make_setup, restart_upstream
 
 
@@ -70,3 +72,45 @@ async def test_messages_sent_while_upstream_is_down_are_delivered_after(private_
     # Prosody stored it offline for bob (he was not online): it arrives at his login
     await bob.wait_for(body_is("queued while down"), timeout=15)
     await close(a, bob)
+
+
+async def test_silent_cut_of_the_upstream_loses_no_chat_and_repeats_none(server, tmp_path):
+    """The upstream connection goes silent (no FIN, no RST) while bob sends numbered chats:
+    the keepalive notices, the bouncer reconnects and resumes, and session A gets every
+    chat exactly once, in order."""
+    hole = await Blackhole(server.port).start()
+    s = make_setup(server, tmp_path, upstream={"port": hole.port, "keepalive": 0.5})
+    # The relay runs on this loop: wait for the bouncer's log in a thread, not on the loop.
+    await asyncio.to_thread(s.bouncer.start)
+    try:
+        a = await connect(f"{s.alice}/A", s.password, s.port)
+        bob = await connect(s.bob, s.bob_password, server.port)
+        total = 60
+        for i in range(total):
+            if i == 20:
+                hole.cut()
+            bob.send_xml(f"<message to='{s.alice}' type='chat' id='n-{i}'><body>n{i}</body></message>")
+            await asyncio.sleep(0.01)
+        resumed = await asyncio.to_thread(s.bouncer.wait_event, "upstream established", after=1, timeout=15)
+        assert resumed["resumed"] is True
+        await a.wait_for(body_is(f"n{total - 1}"), timeout=15)
+        got = [el.findtext("{jabber:client}body") for el in a.received if (el.get("id") or "").startswith("n-")]
+        assert got == [f"n{i}" for i in range(total)]
+        await close(a, bob)
+        assert await asyncio.to_thread(s.bouncer.stop) == 0, s.bouncer.log_tail()
+    finally:
+        await hole.close()
+
+
+async def test_an_untrusted_server_certificate_is_named_in_the_log(server, tmp_path):
+    """upstream.verify is on by default: with no ca_file for the test server's self-signed
+    certificate, every attempt fails and the log says why."""
+    s = make_setup(server, tmp_path)
+    config = s.bouncer.read_config()
+    del config["upstream"]["ca_file"]
+    s.bouncer.write_config(config)
+    s.bouncer.start(wait_upstream=False)
+    failed = s.bouncer.wait_event("upstream connection failed")
+    assert "certificate not trusted" in failed["reason"] and "self-signed" in failed["reason"], failed
+    assert s.bouncer.count("upstream established") == 0
+    assert s.bouncer.stop() == 0

@@ -231,13 +231,14 @@ class Blackhole:
     ``cut()`` stops relaying in both directions without closing anything: to
     both ends the connection looks alive while nothing gets through, as when a
     phone's NAT entry expires or a cable is pulled (no FIN, no RST). New
-    connections relay normally again.
+    connections relay normally again. ``close()`` ends every relayed connection.
     """
 
     def __init__(self, port: int) -> None:
         self._target = port
         self._server: asyncio.Server | None = None
-        self._pipes: list[list] = []  # [reader, writer, alive] per direction
+        self._live: list[list[bool]] = []  # one flag per relayed connection still relaying
+        self._writers: list[asyncio.StreamWriter] = []
         self.port = 0
 
     async def start(self) -> "Blackhole":
@@ -247,27 +248,29 @@ class Blackhole:
 
     async def _relay(self, client_r, client_w) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target)
-        up, down = [True], [True]
-        self._pipes += [up, down]
-        await asyncio.gather(self._pump(client_r, server_w, up), self._pump(server_r, client_w, down),
+        alive = [True]
+        self._live.append(alive)
+        self._writers += [client_w, server_w]
+        await asyncio.gather(self._pump(client_r, server_w, alive), self._pump(server_r, client_w, alive),
                              return_exceptions=True)
 
     @staticmethod
     async def _pump(reader, writer, alive) -> None:
-        try:
-            while data := await reader.read(65536):
-                if alive[0]:
-                    writer.write(data)
-        finally:
+        while data := await reader.read(65536):
             if alive[0]:
-                writer.close()
+                writer.write(data)
+        if alive[0]:
+            writer.close()
 
     def cut(self) -> None:
-        for alive in self._pipes:
+        for alive in self._live:
             alive[0] = False
-        self._pipes = []
+        self._live = []
 
     async def close(self) -> None:
         self.cut()
+        for writer in self._writers:
+            writer.close()
         if self._server is not None:
             self._server.close()
+            await self._server.wait_closed()
