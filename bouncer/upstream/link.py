@@ -73,8 +73,8 @@ class UpstreamSettings:
     ``jid`` may be bare (the resource ``bouncer`` is then used) or full.
     ``host``/``port`` absent: SRV, then the domain's A/AAAA. ``tls``: ``starttls``
     (default), ``direct`` (XEP-0368) or ``plain`` (no TLS: loopback only).
-    ``verify=False`` disables certificate checks; ``ca_file`` adds a trusted CA
-    (or a self-signed certificate) to the system's.
+    ``verify=False`` disables certificate checks; ``ca_file`` trusts that CA (or
+    self-signed certificate) instead of the system's.
     """
 
     jid: str
