@@ -213,7 +213,7 @@ class UpstreamLink:
         if stream is not None and stream.phase is UpstreamPhase.OPEN:
             self._flush()
             self._carry = stream.carry_over()
-        await self._halt("suspended for a restart")
+        await self._halt("stopped, session kept for the next start")
         carry, self._carry = self._carry, None
         return carry if carry is not None and carry.id is not None else None
 
