@@ -359,7 +359,7 @@ class Service:
         link = self.link
         upstream = status.setdefault("upstream", {})
         if link is not None:
-            upstream.update(failures=link.failures, last_error=link.last_error)
+            upstream.update(failures=link.failures, last_error=link.last_error, sm=link.sm_status())
             if not link.connected:
                 upstream["attempt"] = link.failures + 1
         status["bouncer"] = {

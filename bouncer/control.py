@@ -238,6 +238,11 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
         when = f" since {_clock(since)} ({_ago(since, now)})" if since else ""
         lines.append(f"upstream: connected as {up.get('jid')}{where}{when}, "
                      f"{_plural(up.get('reconnects', 0), 'reconnect')}")
+        sm = up.get("sm")
+        if sm:
+            window = f", resumable for {sm['max']} s" if sm.get("resumable") and sm.get("max") else (
+                ", resumable" if sm.get("resumable") else ", not resumable")
+            lines.append(f"  stream management{window}, {sm.get('unacked', 0)} unacknowledged")
     else:
         attempt = up.get("attempt") or (up.get("failures", 0) + 1)
         line = f"upstream: connecting (attempt {attempt})"

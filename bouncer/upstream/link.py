@@ -217,6 +217,15 @@ class UpstreamLink:
         carry, self._carry = self._carry, None
         return carry if carry is not None and carry.id is not None else None
 
+    def sm_status(self) -> dict | None:
+        """XEP-0198 on the stream now up, for ``bouncer status`` (None: not enabled)."""
+        stream = self._stream
+        state = stream.sm if stream is not None and self.connected else None
+        if state is None:
+            return None
+        return {"resumable": state.id is not None, "max": state.max, "unacked": len(state.unacked),
+                "received": state.inbound}
+
     # ---- the connection loop --------------------------------------------------------
     async def _run(self) -> None:
         while not self._stopping:

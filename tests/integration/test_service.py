@@ -284,6 +284,7 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
     assert (code, err) == (0, ""), err
     assert re.search(rf"^upstream: connected as {re.escape(s.alice)}/\S+ via 127\.0\.0\.1:{s.server.port} "
                      r"since .*, 0 reconnects$", out, re.M), out
+    assert re.search(r"^  stream management, resumable for \d+ s, \d+ unacknowledged$", out, re.M), out
     assert re.search(r"^sessions: 2$", out, re.M) and re.search(r"^rooms: 1$", out, re.M), out
     for resource in ("A", "B"):
         assert re.search(rf"^  {resource}  from 127\.0\.0\.1:\d+ since .*, available, csi active, "
@@ -296,6 +297,8 @@ async def test_status_shows_upstream_sessions_and_rooms(setup):
     assert status["upstream"]["connected"] is True
     assert status["upstream"]["jid"].startswith(s.alice + "/")
     assert status["upstream"]["reconnects"] == 0 and status["upstream"]["connected_since"] > 0
+    sm = status["upstream"]["sm"]
+    assert sm["resumable"] is True and sm["max"] > 0 and sm["received"] > 0
     assert sorted(x["resource"] for x in status["sessions"]) == ["A", "B"]
     for session in status["sessions"]:
         assert session["client"].startswith("127.0.0.1:") and session["since"] > 0
