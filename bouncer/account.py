@@ -59,6 +59,7 @@ class Account:
         self.router = router
         self.offline = offline
         self._commits = commits
+        self._shutting_down = False
         self.upstream: Upstream | None = None
         self.connections: dict[str, Connection] = {}  # bound sessions by resource
         self._clock = time.time  # wall clock: it stamps archived messages too
@@ -128,6 +129,8 @@ class Account:
         if self.connections.get(conn.resource) is conn:
             del self.connections[conn.resource]
             log.info("session closed", session=conn.resource, sessions=len(self.connections))
+        if self._shutting_down:
+            return  # the process ends, the clients did not leave: rooms and presence stay as they are
         self._run(self.router.session_gone(conn.resource, conn.token))
 
     # ---- upstream ------------------------------------------------------------
@@ -163,6 +166,8 @@ class Account:
         self._run(self.router.refresh_presence())
 
     def shutdown(self) -> None:
+        """Sessions get system-shutdown; what they leave behind is kept for the next start."""
+        self._shutting_down = True
         for conn in list(self.connections.values()):
             conn.stream_error("system-shutdown")
 

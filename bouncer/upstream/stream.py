@@ -117,7 +117,7 @@ class ClientStream:
     _authenticated: bool = False
     _iq_id: str | None = None  # our bind/session IQ in flight
     _heard: float = 0.0  # last time anything arrived
-    _probe: str | None = None  # id of a keepalive ping in flight ("r" for an SM request)
+    _probe: str | None = None  # the keepalive probe in flight: "r" (XEP-0198) or "ping" (XEP-0199)
     _probed_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -429,8 +429,6 @@ class ClientStream:
             self._out.append(self.sm.answer())
         elif self.sm is not None and el.tag == q(ns.SM, "a"):
             self.sm.on_ack(sm.parse_h(el))
-            if self._probe == "r":
-                self._probe = None
         else:
             self._fail("unsupported-stanza-type", f"unexpected {el.tag}")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from integration_setup import make_setup
 from support.clients import body_is, close, connect
 from support.muc import create_room, from_occupant, groupchat, join, send_groupchat
@@ -26,9 +28,9 @@ def from_alice(account: str, room: str):
     return pred
 
 
-async def held_room(server, tmp_path):
-    """alice's bouncer with session A in a room, and bob (contact, occupant) on Prosody."""
-    s = make_setup(server, tmp_path, befriend=True)
+async def held_room(server, tmp_path, **overrides):
+    """alice's bouncer with session A in a room, and bob (contact, occupant) on the server."""
+    s = make_setup(server, tmp_path, befriend=True, **overrides)
     s.bouncer.start()
     bob = await connect(s.bob, s.bob_password, server.port)
     room = f"restart{next(_rooms)}x{s.alice.split('@')[0]}@{server.muc_domain}"
@@ -40,8 +42,10 @@ async def held_room(server, tmp_path):
     return s, bob, room, a
 
 
-async def test_sigterm_restart_is_invisible_to_contacts_and_rooms(server, tmp_path):
-    s, bob, room, a = await held_room(server, tmp_path)
+@pytest.mark.parametrize("leave_when_unused", [False, True])
+async def test_sigterm_restart_is_invisible_to_contacts_and_rooms(server, tmp_path, leave_when_unused):
+    """Also with muc.leave_when_unused: a shutdown is not the last session leaving."""
+    s, bob, room, a = await held_room(server, tmp_path, muc={"leave_when_unused": leave_when_unused})
     mark = len(bob.received)
     assert s.bouncer.stop() == 0  # SIGTERM: a's connection ends, the upstream session does not
     bob.send_message(mto=s.alice, mbody="during the restart", mtype="chat")
