@@ -22,13 +22,8 @@ from bouncer.router import Router, RouterSettings
 from bouncer.storage.archive import RoomArchive
 from bouncer.storage.offline import OfflineStore
 from bouncer.storage.db import GroupCommit
-from bouncer.upstream.link import (
-    UpstreamDown,
-    UpstreamEstablished,
-    UpstreamEvent,
-    UpstreamReadHandled,
-    UpstreamStanza,
-)
+from bouncer.upstream.events import Established
+from bouncer.upstream.link import UpstreamDown, UpstreamEvent, UpstreamReadHandled, UpstreamStanza
 
 if TYPE_CHECKING:
     import sqlite3
@@ -143,7 +138,7 @@ class Account:
             case UpstreamReadHandled():
                 if self._commits is not None:
                     self._commits.commit()
-            case UpstreamEstablished(full_jid, resumed):
+            case Established(full_jid, resumed):
                 self._run(self.router.upstream_established(full_jid, resumed))
             case UpstreamDown():
                 self.router.upstream_down()

@@ -34,7 +34,8 @@ from bouncer.storage.db import open_database
 from bouncer.storage.restart import RestartState
 from bouncer.upstream import saved as saved_upstream
 from bouncer.tls import ensure_certificate, fingerprints, server_context
-from bouncer.upstream.link import UpstreamEstablished, UpstreamEvent, UpstreamLink, UpstreamSettings
+from bouncer.upstream.events import Established
+from bouncer.upstream.link import UpstreamEvent, UpstreamLink, UpstreamSettings
 
 log = structlog.get_logger("bouncer")
 
@@ -194,7 +195,7 @@ class Service:
     def _on_upstream(self, event: UpstreamEvent) -> None:
         assert self.account is not None
         self.account.on_upstream(event)
-        if isinstance(event, UpstreamEstablished) and self.listening and not self.ready:
+        if isinstance(event, Established) and self.listening and not self.ready:
             self.ready = True
             text = self._status_text()
             self._status_sent = text

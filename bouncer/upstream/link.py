@@ -7,8 +7,8 @@ each lost stream is logged with its reason; a lost stream is resumed
 (XEP-0198) when the server still holds it, so nothing is sent or received
 twice and nothing is lost.
 
-Events for the account (called synchronously on the loop): ``UpstreamEstablished``
-(``resumed=False`` means a NEW session: the account restores presence, rooms
+Events for the account (called synchronously on the loop): ``Established``
+(``upstream/events.py``; ``resumed=False`` means a NEW session: the account restores presence, rooms
 and roster), ``UpstreamDown`` (only after an Established) and ``UpstreamStanza``
 (only while up).
 """
@@ -37,14 +37,6 @@ DEFAULT_RESOURCE = "bouncer"
 
 
 @dataclass(frozen=True)
-class UpstreamEstablished:
-    """A stream is up; ``resumed=False``: a NEW session (restore presence, rooms, roster)."""
-
-    jid: str
-    resumed: bool
-
-
-@dataclass(frozen=True)
 class UpstreamDown:
     """The stream that was up is gone (the link keeps reconnecting)."""
 
@@ -63,7 +55,7 @@ class UpstreamReadHandled:
     """Every stanza of one read from the server was handed over (commit what they wrote)."""
 
 
-UpstreamEvent = UpstreamEstablished | UpstreamDown | UpstreamStanza | UpstreamReadHandled
+UpstreamEvent = Established | UpstreamDown | UpstreamStanza | UpstreamReadHandled
 
 
 @dataclass(frozen=True)
@@ -386,7 +378,7 @@ class UpstreamLink:
         self._up_since = loop.time()
         self.connected_since = time.time()
         self.log.info("upstream established", jid=bound, resumed=resumed, server=self.server)
-        self._emit(UpstreamEstablished(bound, resumed))
+        self._emit(Established(bound, resumed))
 
     def _down(self, reason: str) -> None:
         if not self.connected:

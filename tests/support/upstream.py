@@ -16,7 +16,8 @@ import xml.etree.ElementTree as ET
 import slixmpp
 from lxml import etree
 
-from bouncer.upstream.link import UpstreamDown, UpstreamEstablished, UpstreamLink, UpstreamSettings, UpstreamStanza
+from bouncer.upstream.events import Established
+from bouncer.upstream.link import UpstreamDown, UpstreamLink, UpstreamSettings, UpstreamStanza
 from support.prosody import client_ssl_context
 
 CLIENT = "jabber:client"
@@ -71,7 +72,7 @@ class Inbox:
 
 
 def established(ev) -> bool:
-    return isinstance(ev, UpstreamEstablished)
+    return isinstance(ev, Established)
 
 
 def down(ev) -> bool:
