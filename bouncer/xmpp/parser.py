@@ -51,6 +51,8 @@ class StreamEnded:
 ParserEvent = StreamOpened | ElementReceived | StreamEnded
 
 _SEP = "\x01"
+# Everything before and including the stream header (a real one is a few hundred bytes).
+HEADER_LIMIT = 16 * 1024
 # Feed whole tags even where deferral can be switched off (tests exercise that path).
 WHOLE_TAGS = False
 
@@ -113,6 +115,11 @@ class StreamParser:
             self._p.Parse(data, False)
         except expat.ExpatError as exc:
             raise XmlRefused("not-well-formed", expat.errors.messages[exc.code]) from None
+        except ValueError as exc:  # lxml refuses what expat let through, e.g. xmlns:x='a b'
+            condition = "invalid-namespace" if "namespace" in str(exc).lower() else "not-well-formed"
+            raise XmlRefused(condition, str(exc)) from None
+        if not self._opened and self._fed > HEADER_LIMIT:
+            raise XmlRefused("policy-violation", f"no stream header within {HEADER_LIMIT} bytes")
         if len(self._stack) > 0 and self._fed - self._stanza_start > self._max:
             raise XmlRefused("policy-violation", f"stanza larger than {self._max} bytes")
         events, self._events = self._events, []
@@ -137,6 +144,7 @@ class StreamParser:
         depth = len(self._stack)
         if depth == 0 and not self._opened:
             self._opened = True
+            etree.Element("header", nsmap=decls)  # every stanza inherits these: lxml must take them
             self._stream_ns = decls
             self._events.append(StreamOpened(tag, attrib, decls.get(None)))
             self._stack.append(None)  # type: ignore[arg-type]  # the stream root
