@@ -7,6 +7,7 @@ written by an older bouncer is upgraded in place and never half-migrated.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -50,7 +51,12 @@ MIGRATIONS: list[str] = [
 
 
 def open_database(path: str | Path) -> sqlite3.Connection:
-    """Open (creating on first start) and migrate the database."""
+    """Open (creating on first start) and migrate the database.
+
+    Created owner-only whatever the umask: it holds every message. SQLite gives the
+    -wal and -shm files the database file's permissions.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # no-op when it exists
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     # WAL + NORMAL: every commit is in the WAL before we go on, so a crash of the

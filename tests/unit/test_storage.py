@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 from bouncer.storage.db import MIGRATIONS, open_database
 from bouncer.storage.offline import OfflineStore
 
@@ -82,3 +85,16 @@ def test_place_moves_a_known_message_to_the_rooms_order(tmp_path):
     assert archive.place("r@m", "early", 100.1, "bob", b"<m n='early'/>") is True
     assert archive.place("r@m", "late", 100.2, "bob", b"<m n='late'/>") is False  # known: moved, not copied
     assert [m.stanza_id for m in archive.latest("r@m", 10)] == ["early", "late"] and archive.count("r@m") == 2
+
+
+def test_database_files_are_owner_only_whatever_the_umask(tmp_path):
+    """The database holds every message: it, its -wal and -shm are 0600 even under umask 022."""
+    old = os.umask(0o022)
+    try:
+        db = open_database(tmp_path / "b.sqlite")
+        OfflineStore(db).add(b"<message/>", 1.0)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        db.close()
+    finally:
+        os.umask(old)
+    assert modes == {"b.sqlite": 0o600, "b.sqlite-wal": 0o600, "b.sqlite-shm": 0o600}
