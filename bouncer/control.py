@@ -90,8 +90,12 @@ class ControlServer:
             if await _answers(self.path):
                 raise AlreadyRunning(self.path)
             os.unlink(self.path)  # left by a process that died: stale
-        with _short_path(self.path) as bind_path:
-            self._server = await asyncio.start_unix_server(self._serve, bind_path, limit=MAX_LINE)
+        umask = os.umask(0o077)  # owner-only from its first instant, not only after chmod
+        try:
+            with _short_path(self.path) as bind_path:
+                self._server = await asyncio.start_unix_server(self._serve, bind_path, limit=MAX_LINE)
+        finally:
+            os.umask(umask)
         os.chmod(self.path, 0o600)
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
