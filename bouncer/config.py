@@ -95,6 +95,9 @@ class LimitsConfig:
     iq_timeout: float = 60.0
     upstream_queue: int = 1000
     session_queue: int = 10000
+    login_timeout: float = 30.0  # seconds a connection may take to log in
+    max_unauthenticated: int = 200  # connections not logged in yet, in total
+    max_unauthenticated_per_address: int = 20  # ... and from one client address
 
 
 @dataclass(frozen=True)
@@ -419,6 +422,9 @@ _SECTIONS: dict[str, _Section] = {
         "iq_timeout": _Key(_positive_number),
         "upstream_queue": _Key(_integer(1)),
         "session_queue": _Key(_integer(1)),
+        "login_timeout": _Key(_positive_number),
+        "max_unauthenticated": _Key(_integer(1)),
+        "max_unauthenticated_per_address": _Key(_integer(1)),
     }, _defaults_apply(LimitsConfig)),
     "history": _Section({
         "max_age_days": _Key(_positive_number),

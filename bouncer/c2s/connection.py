@@ -18,6 +18,7 @@ import structlog
 from lxml import etree
 
 from bouncer.c2s import stream as core
+from bouncer.c2s.admission import Admission
 from bouncer.c2s.outbox import Outbox
 from bouncer.c2s.throttle import LoginThrottle
 
@@ -43,6 +44,8 @@ class Connection:
         tls_context: Callable[[], ssl.SSLContext] | None,
         throttle: LoginThrottle,
         queue_cap: int,
+        admission: Admission | None = None,
+        login_timeout: float = 30.0,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -58,6 +61,8 @@ class Connection:
         self.since = time.time()
         self.csi_active = True  # XEP-0352: a session starts active
         self.log = log.bind(client=self.address)
+        self._admission = admission  # counts this connection until it logs in or goes
+        self._login_timeout = login_timeout
 
     @property
     def jid(self) -> str | None:
@@ -99,11 +104,14 @@ class Connection:
     # ---- lifetime ------------------------------------------------------------
     async def run(self) -> None:
         writer_task = asyncio.create_task(self._write_loop())
+        deadline = asyncio.get_running_loop().call_later(self._login_timeout, self._login_timed_out)
         try:
             await self._read_loop()
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             self.log.info("connection lost", error=str(exc))
         finally:
+            deadline.cancel()
+            self._logged_in_or_gone()
             self._account.connection_closed(self)
             self._enqueue(_CLOSE)
             try:
@@ -129,6 +137,7 @@ class Connection:
             case core.StartTls():
                 await self._start_tls()
             case core.AuthSucceeded(username):
+                self._logged_in_or_gone()
                 self._throttle.succeeded(self._host())
                 self.log.info("authenticated", user=username)
             case core.AuthFailed(username, reason):
@@ -186,6 +195,16 @@ class Connection:
             await asyncio.wait_for(self._writer.wait_closed(), 2)
         except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
             self._writer.transport.abort()
+
+    def _logged_in_or_gone(self) -> None:
+        if self._admission is not None:
+            self._admission.release(self._host())
+            self._admission = None
+
+    def _login_timed_out(self) -> None:
+        if self.stream.username is None:  # not logged in yet
+            self.log.warning("login timed out", seconds=self._login_timeout)
+            self.stream_error("connection-timeout", f"no login within {self._login_timeout:g} s")
 
     def _host(self) -> str:
         return self.address.rsplit(":", 1)[0]

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from bouncer.c2s.admission import Admission
 from bouncer.c2s.connection import Connection
 from bouncer.c2s.stream import ServerStream, StreamSettings
 from bouncer.c2s.throttle import LoginThrottle
+from bouncer.xmpp import framing
 
 log = structlog.get_logger("bouncer.c2s")
 
@@ -22,6 +24,8 @@ class Listener:
     account: object  # bouncer.account.Account
     tls_context: Callable[[], ssl.SSLContext] | None
     queue_cap: int
+    admission: Admission = field(default_factory=lambda: Admission(200, 20))
+    login_timeout: float = 30.0
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -38,6 +42,16 @@ class Listener:
         return bound
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direct_tls: bool) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        if not self.admission.admit(host):
+            log.warning("connection refused", client=host, reason="too many connections not logged in",
+                        pending=self.admission.pending.get(host, 0), total=self.admission.total)
+            writer.write(framing.header(from_=self.settings.domain)
+                         + framing.stream_error("policy-violation", "too many connections not logged in")
+                         + framing.CLOSE)
+            writer.close()
+            return
         conn = Connection(
             reader,
             writer,
@@ -46,6 +60,8 @@ class Listener:
             tls_context=self.tls_context,
             throttle=self.throttle,
             queue_cap=self.queue_cap,
+            admission=self.admission,
+            login_timeout=self.login_timeout,
         )
         task = asyncio.current_task()
         assert task is not None

@@ -1,0 +1,65 @@
+"""Bounds on connections that have not logged in (SPEC §11), on the real listener over
+loopback sockets: each refused or timed-out connection gets its stream error, and the
+account, its other sessions and its upstream session carry on unaware."""
+
+from __future__ import annotations
+
+import asyncio
+
+from integration_setup import make_setup
+from support.clients import body_is, close, connect
+
+
+async def raw(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to the listener from ``source`` (any 127/8 address is ours)."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def everything(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """What the bouncer writes until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+async def still_serving(s) -> None:
+    """A real client logs in and gets a chat: the limits did not hurt anyone else."""
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    bob = await connect(s.bob, s.bob_password, s.server.port)
+    bob.send_message(mto=f"{s.alice}/A", mbody="still here", mtype="chat")
+    await a.wait_for(body_is("still here"))
+    await close(a, bob)
+
+
+async def test_a_connection_that_does_not_log_in_is_closed(prosody, tmp_path):
+    s = make_setup(prosody, tmp_path, limits={"login_timeout": 1})
+    await asyncio.to_thread(s.bouncer.start)
+    reader, writer = await raw(s.port)
+    writer.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                 b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+    await still_serving(s)  # meanwhile
+    out = await everything(reader, 5)
+    assert b"<connection-timeout" in out and out.endswith(b"</stream:stream>"), out
+    await asyncio.to_thread(s.bouncer.wait_event, "login timed out")
+    assert s.bouncer.count("upstream down") == 0
+    writer.close()
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_idle_connections_from_one_address_do_not_lock_out_the_others(prosody, tmp_path):
+    s = make_setup(prosody, tmp_path, limits={"max_unauthenticated": 5, "max_unauthenticated_per_address": 3})
+    await asyncio.to_thread(s.bouncer.start)
+    idle = [await raw(s.port, "127.0.0.2") for _ in range(3)]
+    reader, writer = await raw(s.port, "127.0.0.2")  # one too many from there
+    out = await everything(reader, 5)
+    assert b"<policy-violation" in out and out.endswith(b"</stream:stream>"), out
+    await still_serving(s)  # from 127.0.0.1, while 127.0.0.2 is at its limit
+    idle += [await raw(s.port, "127.0.0.3") for _ in range(2)]  # 5 in total now
+    await asyncio.sleep(0.2)
+    reader, _ = await raw(s.port, "127.0.0.4")
+    assert b"<policy-violation" in await everything(reader, 5)
+    for _, w in idle:
+        w.close()
+    await asyncio.sleep(0.2)
+    await still_serving(s)  # the slots are free again
+    await asyncio.to_thread(s.bouncer.wait_event, "connection refused", after=1)
+    assert s.bouncer.count("connection refused") == 2 and s.bouncer.count("upstream down") == 0
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
