@@ -138,7 +138,6 @@ class Connection:
                 await self._start_tls()
             case core.AuthSucceeded(username):
                 self._logged_in_or_gone()
-                self._throttle.succeeded(self._host())
                 self.log.info("authenticated", user=username)
             case core.AuthFailed(username, reason):
                 delay = self._throttle.failed(self._host(), time.monotonic())

@@ -5,9 +5,12 @@ account, its other sessions and its upstream session carry on unaware."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 
 from integration_setup import make_setup
 from support.clients import body_is, close, connect
+from support.prosody import client_ssl_context
 
 
 async def raw(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -62,4 +65,43 @@ async def test_idle_connections_from_one_address_do_not_lock_out_the_others(pros
     await still_serving(s)  # the slots are free again
     await asyncio.to_thread(s.bouncer.wait_event, "connection refused", after=1)
     assert s.bouncer.count("connection refused") == 2 and s.bouncer.count("upstream down") == 0
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def plain_login(s, password: str) -> tuple[bool, float]:
+    """STARTTLS, then SASL PLAIN for the account: (accepted?, seconds until the answer)."""
+    reader, writer = await raw(s.port)
+    header = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              f"xmlns:stream='http://etherx.jabber.org/streams' to='{s.server.domain}' version='1.0'>").encode()
+    writer.write(header + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await reader.readuntil(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await writer.start_tls(client_ssl_context())
+    writer.write(header)
+    await reader.readuntil(b"</stream:features>")
+    user = s.alice.split("@")[0]
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    started = time.monotonic()
+    writer.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
+    answer = await reader.readuntil(b">")
+    elapsed = time.monotonic() - started
+    writer.close()
+    return answer.startswith(b"<success"), elapsed
+
+
+async def test_failed_logins_share_slots_whatever_the_connections(prosody, tmp_path):
+    """Six wrong passwords on six parallel connections are answered as one connection's
+    would be: three at once, then at the slots 0.5, 1.5 and 3.5 s; the right password,
+    meanwhile, is answered at once."""
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    wrong = [plain_login(s, "wrong") for _ in range(6)]
+    right = asyncio.ensure_future(plain_login(s, s.password))
+    results = await asyncio.gather(*wrong)
+    assert all(not ok for ok, _ in results)
+    times = sorted(t for _, t in results)
+    assert max(times[:3]) < 0.4 and times[3] >= 0.45 and times[4] >= 1.45 and times[5] >= 3.45, times
+    ok, seconds = await right
+    assert ok and seconds < 0.4
+    await asyncio.to_thread(s.bouncer.wait_event, "authentication failed", after=5)
+    assert s.bouncer.count("upstream down") == 0
     assert await asyncio.to_thread(s.bouncer.stop) == 0
