@@ -325,6 +325,7 @@ class Service:
         limits = config.limits
         self.listener.queue_cap = limits.session_queue
         self.listener.login_timeout = limits.login_timeout
+        self.listener.idle_timeout = limits.idle_timeout
         self.listener.admission.max_total = limits.max_unauthenticated
         self.listener.admission.max_per_address = limits.max_unauthenticated_per_address
 

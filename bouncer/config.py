@@ -96,6 +96,7 @@ class LimitsConfig:
     upstream_queue: int = 1000
     session_queue: int = 10000
     login_timeout: float = 30.0  # seconds a connection may take to log in
+    idle_timeout: float = 900.0  # seconds of silence before a session is pinged
     max_unauthenticated: int = 200  # connections not logged in yet, in total
     max_unauthenticated_per_address: int = 20  # ... and from one client address
 
@@ -423,6 +424,7 @@ _SECTIONS: dict[str, _Section] = {
         "upstream_queue": _Key(_integer(1)),
         "session_queue": _Key(_integer(1)),
         "login_timeout": _Key(_positive_number),
+        "idle_timeout": _Key(_positive_number),
         "max_unauthenticated": _Key(_integer(1)),
         "max_unauthenticated_per_address": _Key(_integer(1)),
     }, _defaults_apply(LimitsConfig)),

@@ -153,8 +153,8 @@ class Router:
     def _session_iq(self, session: Session, el: Element, now: float) -> list[Action]:
         to = el.get("to")
         if stanza.is_error_or_result(el):
-            if ids.is_ours(el.get("id"), "push"):
-                return []  # answer to a push the bouncer already acknowledged
+            if ids.is_ours(el.get("id"), "push") or ids.is_ours(el.get("id"), "idle"):
+                return []  # answers to the bouncer's own IQs: a roster push it acknowledged, an idle ping
             return self._upstream(el, session)
         enable = carbons.is_enable_request(el)
         if enable is not None and (to is None or jid.same_bare(to, self.account)) and jid.resource(to or "") is None:

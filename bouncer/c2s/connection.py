@@ -21,6 +21,7 @@ from bouncer.c2s import stream as core
 from bouncer.c2s.admission import Admission
 from bouncer.c2s.outbox import Outbox
 from bouncer.c2s.throttle import LoginThrottle
+from bouncer.xmpp import ids, ns, stanza
 
 if TYPE_CHECKING:
     from bouncer.account import Account
@@ -46,6 +47,7 @@ class Connection:
         queue_cap: int,
         admission: Admission | None = None,
         login_timeout: float = 30.0,
+        idle_timeout: float = 900.0,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -63,6 +65,10 @@ class Connection:
         self.log = log.bind(client=self.address)
         self._admission = admission  # counts this connection until it logs in or goes
         self._login_timeout = login_timeout
+        self._idle_timeout = idle_timeout
+        self._heard = 0.0  # loop time of the last bytes from the client
+        self._pinged_at: float | None = None  # our idle ping in flight
+        self._idle: asyncio.TimerHandle | None = None
 
     @property
     def jid(self) -> str | None:
@@ -104,13 +110,17 @@ class Connection:
     # ---- lifetime ------------------------------------------------------------
     async def run(self) -> None:
         writer_task = asyncio.create_task(self._write_loop())
-        deadline = asyncio.get_running_loop().call_later(self._login_timeout, self._login_timed_out)
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(self._login_timeout, self._login_timed_out)
+        self._heard = loop.time()
+        self._idle = loop.call_later(self._idle_timeout, self._idle_check)
         try:
             await self._read_loop()
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             self.log.info("connection lost", error=str(exc))
         finally:
             deadline.cancel()
+            self._idle.cancel()
             self._logged_in_or_gone()
             self._account.connection_closed(self)
             self._enqueue(_CLOSE)
@@ -123,6 +133,7 @@ class Connection:
     async def _read_loop(self) -> None:
         while True:
             data = await self._reader.read(READ_SIZE)
+            self._heard, self._pinged_at = asyncio.get_running_loop().time(), None
             events = self.stream.receive_data(data) if data else self.stream.connection_lost()
             for event in events:
                 if await self._handle(event):
@@ -204,6 +215,22 @@ class Connection:
         if self.stream.username is None:  # not logged in yet
             self.log.warning("login timed out", seconds=self._login_timeout)
             self.stream_error("connection-timeout", f"no login within {self._login_timeout:g} s")
+
+    def _idle_check(self) -> None:
+        """Ping a session silent for ``idle_timeout``; close it when the ping goes unanswered
+        (any bytes count as an answer)."""
+        loop = asyncio.get_running_loop()
+        now, grace = loop.time(), min(self._idle_timeout, 60.0)
+        if self._pinged_at is not None and now - self._pinged_at >= grace:
+            self.log.info("session silent, closing", seconds=round(now - self._heard))
+            return self.stream_error("connection-timeout", "no answer to a ping")
+        if self._pinged_at is None and now - self._heard >= self._idle_timeout and self.jid is not None:
+            self._pinged_at = now
+            ping = stanza.make("iq", type="get", id=ids.new("idle"), to=self.jid)
+            stanza.child(ping, ns.PING, "ping")
+            self.send_stanza(ping)
+        due = self._pinged_at + grace if self._pinged_at is not None else self._heard + self._idle_timeout
+        self._idle = loop.call_at(max(due, now + 0.01), self._idle_check)
 
     def _host(self) -> str:
         return self.address.rsplit(":", 1)[0]

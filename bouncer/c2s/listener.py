@@ -26,6 +26,7 @@ class Listener:
     queue_cap: int
     admission: Admission = field(default_factory=lambda: Admission(200, 20))
     login_timeout: float = 30.0
+    idle_timeout: float = 900.0
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -62,6 +63,7 @@ class Listener:
             queue_cap=self.queue_cap,
             admission=self.admission,
             login_timeout=self.login_timeout,
+            idle_timeout=self.idle_timeout,
         )
         task = asyncio.current_task()
         assert task is not None

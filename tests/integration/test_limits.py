@@ -68,8 +68,9 @@ async def test_idle_connections_from_one_address_do_not_lock_out_the_others(pros
     assert await asyncio.to_thread(s.bouncer.stop) == 0
 
 
-async def plain_login(s, password: str) -> tuple[bool, float]:
-    """STARTTLS, then SASL PLAIN for the account: (accepted?, seconds until the answer)."""
+async def plain_login(s, password: str, *, bind: bool = False):
+    """STARTTLS, then SASL PLAIN for the account: (accepted?, seconds until the answer),
+    and with ``bind`` the bound stream's (reader, writer) too, left open."""
     reader, writer = await raw(s.port)
     header = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
               f"xmlns:stream='http://etherx.jabber.org/streams' to='{s.server.domain}' version='1.0'>").encode()
@@ -84,8 +85,33 @@ async def plain_login(s, password: str) -> tuple[bool, float]:
     writer.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
     answer = await reader.readuntil(b">")
     elapsed = time.monotonic() - started
+    if not bind:
+        writer.close()
+        return answer.startswith(b"<success"), elapsed
+    await reader.readuntil(b"</success>")
+    writer.write(header + b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                          b"<resource>silent</resource></bind></iq>")
+    await reader.readuntil(b"</iq>")
+    return reader, writer
+
+
+async def test_a_silent_session_is_pinged_then_closed(prosody, tmp_path):
+    """A bound session that stops answering (a phone gone without a word) is pinged after
+    idle_timeout and closed when the ping goes unanswered; a client that answers stays."""
+    s = make_setup(prosody, tmp_path, limits={"idle_timeout": 1})
+    await asyncio.to_thread(s.bouncer.start)
+    a = await connect(f"{s.alice}/B", s.password, s.port)  # slixmpp answers pings
+    reader, writer = await plain_login(s, s.password, bind=True)
+    out = await everything(reader, 6)
+    assert b"urn:xmpp:ping" in out and b"<connection-timeout" in out, out
+    assert out.endswith(b"</stream:stream>")
+    await asyncio.to_thread(s.bouncer.wait_event, "session silent, closing")
+    assert not a.disconnected_event.is_set()
+    await still_serving(s)
     writer.close()
-    return answer.startswith(b"<success"), elapsed
+    await close(a)
+    assert s.bouncer.count("upstream down") == 0
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
 
 
 async def test_failed_logins_share_slots_whatever_the_connections(prosody, tmp_path):
