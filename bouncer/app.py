@@ -324,6 +324,8 @@ class Service:
         assert self.listener is not None
         limits = config.limits
         self.listener.queue_cap = limits.session_queue
+        self.listener.queue_bytes = limits.session_queue_bytes
+        self.listener.send_buffer = limits.session_send_buffer
         self.listener.login_timeout = limits.login_timeout
         self.listener.idle_timeout = limits.idle_timeout
         self.listener.admission.max_total = limits.max_unauthenticated

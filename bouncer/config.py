@@ -95,6 +95,8 @@ class LimitsConfig:
     iq_timeout: float = 60.0
     upstream_queue: int = 1000
     session_queue: int = 10000
+    session_queue_bytes: int = 1 << 20  # ... and bytes; with the send buffer, what a stuck client holds
+    session_send_buffer: int = 128 * 1024  # kernel send buffer per client socket (SO_SNDBUF)
     login_timeout: float = 30.0  # seconds a connection may take to log in
     idle_timeout: float = 900.0  # seconds of silence before a session is pinged
     max_unauthenticated: int = 200  # connections not logged in yet, in total
@@ -423,6 +425,8 @@ _SECTIONS: dict[str, _Section] = {
         "iq_timeout": _Key(_positive_number),
         "upstream_queue": _Key(_integer(1)),
         "session_queue": _Key(_integer(1)),
+        "session_queue_bytes": _Key(_integer(65536)),
+        "session_send_buffer": _Key(_integer(4096)),
         "login_timeout": _Key(_positive_number),
         "idle_timeout": _Key(_positive_number),
         "max_unauthenticated": _Key(_integer(1)),

@@ -9,6 +9,7 @@ session past its cap is closed instead of growing without bound (SPEC §11).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ class Connection:
         tls_context: Callable[[], ssl.SSLContext] | None,
         throttle: LoginThrottle,
         queue_cap: int,
+        queue_bytes: int = 1 << 20,
+        send_buffer: int | None = None,
         admission: Admission | None = None,
         login_timeout: float = 30.0,
         idle_timeout: float = 900.0,
@@ -55,7 +58,12 @@ class Connection:
         self._account = account
         self._tls_context = tls_context
         self._throttle = throttle
-        self._outbox = Outbox(queue_cap)
+        self._outbox = Outbox(queue_cap, queue_bytes)
+        sock = writer.get_extra_info("socket")
+        if send_buffer and sock is not None:
+            # What the kernel holds for a client that stopped reading counts too (SPEC §11):
+            # capped, the outbox fills, and past its cap the session is closed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.resource: str | None = None
@@ -100,7 +108,8 @@ class Connection:
     def _enqueue(self, item: bytes | Callable[[], None] | object) -> None:
         if isinstance(item, bytes):
             if self._outbox.full():
-                self.log.warning("session queue full, closing", queued=self._outbox.waiting)
+                self.log.warning("session queue full, closing", queued=self._outbox.waiting,
+                                 queued_bytes=self._outbox.waiting_bytes)
                 self._writer.transport.abort()
                 return
             self._outbox.put_bytes(item)

@@ -24,6 +24,8 @@ class Listener:
     account: object  # bouncer.account.Account
     tls_context: Callable[[], ssl.SSLContext] | None
     queue_cap: int
+    queue_bytes: int = 1 << 20
+    send_buffer: int | None = None
     admission: Admission = field(default_factory=lambda: Admission(200, 20))
     login_timeout: float = 30.0
     idle_timeout: float = 900.0
@@ -61,6 +63,8 @@ class Listener:
             tls_context=self.tls_context,
             throttle=self.throttle,
             queue_cap=self.queue_cap,
+            queue_bytes=self.queue_bytes,
+            send_buffer=self.send_buffer,
             admission=self.admission,
             login_timeout=self.login_timeout,
             idle_timeout=self.idle_timeout,

@@ -23,7 +23,9 @@ class _Chunk:
 @dataclass
 class Outbox:
     cap: int  # pieces waiting, at most
+    cap_bytes: int = 1 << 20  # bytes waiting, at most
     waiting: int = 0
+    waiting_bytes: int = 0
     _items: deque[_Chunk | object] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -32,7 +34,7 @@ class Outbox:
         self._idle.set()
 
     def full(self) -> bool:
-        return self.waiting >= self.cap
+        return self.waiting >= self.cap or self.waiting_bytes >= self.cap_bytes
 
     def put_bytes(self, data: bytes) -> None:
         last = self._items[-1] if self._items else None
@@ -42,6 +44,7 @@ class Outbox:
         else:
             self._items.append(_Chunk(bytearray(data)))
         self.waiting += 1
+        self.waiting_bytes += len(data)
         self._wake()
 
     def put_marker(self, marker: object) -> None:
@@ -57,6 +60,7 @@ class Outbox:
         item = self._items.popleft()
         if isinstance(item, _Chunk):
             self.waiting -= item.count
+            self.waiting_bytes -= len(item.data)
             return bytes(item.data)
         return item
 

@@ -16,23 +16,40 @@ class NoAccount:
         self.closed = True
 
 
-async def test_session_past_its_queue_cap_is_closed():
+STANZA = b"<message xmlns='jabber:client' type='chat'><body>" + b"x" * 1000 + b"</body></message>"
+
+
+async def flood_until_closed(**caps) -> tuple[Connection, int]:
+    """A session whose peer reads nothing, sent ~2 MB: (the connection, stanzas it took)."""
     ours, theirs = socket.socketpair()
-    for sock, opt in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
-        sock.setsockopt(socket.SOL_SOCKET, opt, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     reader, writer = await asyncio.open_connection(sock=ours)
     settings = StreamSettings("example.org", "alice", Credentials.from_plain("x"), False, False, 10_000)
     account = NoAccount()
     conn = Connection(reader, writer, ServerStream(settings), account, tls_context=None,
-                      throttle=LoginThrottle(), queue_cap=50)
+                      throttle=LoginThrottle(), send_buffer=4096, **caps)
     runner = asyncio.create_task(conn.run())
-    stanza = b"<message xmlns='jabber:client' type='chat'><body>" + b"x" * 1000 + b"</body></message>"
-    for _ in range(2000):  # ~2 MB at a peer that reads nothing
+    taken = 0
+    for _ in range(2000):
         if writer.transport.is_closing():
             break
-        conn.send_serialized(stanza)
+        conn.send_serialized(STANZA)
+        taken += 1
         await asyncio.sleep(0)
     await asyncio.wait_for(runner, 10)  # the session ended on its own
     assert writer.transport.is_closing() and account.closed
-    assert conn._outbox.waiting <= 50
     theirs.close()
+    return conn, taken
+
+
+async def test_session_past_its_queue_cap_is_closed():
+    conn, _ = await flood_until_closed(queue_cap=50)
+    assert conn._outbox.waiting <= 50
+
+
+async def test_what_a_stuck_session_holds_is_bounded_in_bytes():
+    """Kernel buffers (capped) + the outbox's byte cap: closed after ~100 kB, not 2 MB,
+    however high the stanza count cap is."""
+    conn, taken = await flood_until_closed(queue_cap=10_000, queue_bytes=32 * 1024)
+    assert conn._outbox.waiting_bytes <= 32 * 1024 + len(STANZA)
+    assert taken * len(STANZA) < 200 * 1024, taken
