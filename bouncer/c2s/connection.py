@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 from lxml import etree
 
+from bouncer import memory
 from bouncer.c2s import stream as core
 from bouncer.c2s.admission import Admission
 from bouncer.c2s.outbox import Outbox
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bouncer.c2s")
 
 READ_SIZE = 65536
+GIVE_BACK_ABOVE = 64 * 1024  # bytes of a partial stanza left behind
 _CLOSE = object()
 
 
@@ -130,6 +132,8 @@ class Connection:
         finally:
             deadline.cancel()
             self._idle.cancel()
+            if self.stream.holding() > GIVE_BACK_ABOVE:
+                memory.give_back()  # what the partial stanza took, once it is freed
             self._logged_in_or_gone()
             self._account.connection_closed(self)
             self._enqueue(_CLOSE)

@@ -159,6 +159,10 @@ class ServerStream:
         self.phase = Phase.CLOSED
         return [Closed(None)]
 
+    def holding(self) -> int:
+        """Bytes of a stanza received only in part (what a connection that ends now leaves)."""
+        return self._parser.holding()
+
     # ---- output ------------------------------------------------------------
     def data_to_send(self) -> bytes:
         out, self._out = b"".join(self._out), []

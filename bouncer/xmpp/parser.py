@@ -51,6 +51,8 @@ class StreamEnded:
 ParserEvent = StreamOpened | ElementReceived | StreamEnded
 
 _SEP = "\x01"
+# Wire bytes per element a stanza may average: 8192 elements within the default 256 KiB.
+ELEMENT_BYTES = 32
 # Everything before and including the stream header (a real one is a few hundred bytes).
 HEADER_LIMIT = 16 * 1024
 # Feed whole tags even where deferral can be switched off (tests exercise that path).
@@ -68,6 +70,10 @@ class StreamParser:
 
     def __init__(self, max_stanza_size: int) -> None:
         self._max = max_stanza_size
+        # lxml spends ~400 bytes on an element that can take 4 on the wire (<a/>): the
+        # count is bounded too, so a stanza's memory stays within ~12x its size limit.
+        self._max_elements = max(256, max_stanza_size // ELEMENT_BYTES)
+        self._elements = 0  # in the stanza being parsed
         self._events: list[ParserEvent] = []
         self._stack: list[etree._Element] = []
         self._pending_ns: dict[str | None, str] = {}
@@ -125,6 +131,10 @@ class StreamParser:
         events, self._events = self._events, []
         return events
 
+    def holding(self) -> int:
+        """Bytes of the stanza being received (0 between stanzas)."""
+        return self._fed - self._stanza_start if self._elements else 0
+
     @staticmethod
     def _refuse(what: str):
         def handler(*_args: object) -> None:
@@ -149,6 +159,9 @@ class StreamParser:
             self._events.append(StreamOpened(tag, attrib, decls.get(None)))
             self._stack.append(None)  # type: ignore[arg-type]  # the stream root
             return
+        self._elements += 1
+        if self._elements > self._max_elements:
+            raise XmlRefused("policy-violation", f"more than {self._max_elements} elements in one stanza")
         if depth == 1:
             self._stanza_start = self._p.CurrentByteIndex
             nsmap = {k: v for k, v in self._stream_ns.items() if v != ns.STREAMS}
@@ -164,6 +177,7 @@ class StreamParser:
         if depth == 0:
             self._events.append(StreamEnded())
         elif depth == 1:
+            self._elements = 0
             if self._p.CurrentByteIndex - self._stanza_start > self._max:
                 raise XmlRefused("policy-violation", f"stanza larger than {self._max} bytes")
             self._events.append(ElementReceived(el))

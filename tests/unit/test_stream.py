@@ -177,3 +177,14 @@ def test_a_namespace_lxml_refuses_is_a_stream_error(where):
         s = bound()
         events, out = feed(s, b"<message xmlns:x='a b' to='bob@example.org'><body>x</body></message>")
     assert events == [core.Closed("invalid-namespace")] and out.endswith("</stream:stream>")
+
+
+def test_too_many_elements_in_one_stanza_is_refused_before_its_size():
+    """lxml spends ~100 times more on an empty element than it takes on the wire: the
+    count is bounded (the size limit / 32), so 400 <a/> (1.6 kB) break a 10 kB limit."""
+    s = bound()
+    events, out = feed(s, b"<message to='bob@example.org'><body>" + b"<a/>" * 400)
+    assert events == [core.Closed("policy-violation")] and "elements" in out
+    s = bound()
+    events, _ = feed(s, b"<message to='bob@example.org'><body>" + b"<a/>" * 250 + b"</body></message>")
+    assert isinstance(events[0], core.StanzaReceived)  # under the count: taken
