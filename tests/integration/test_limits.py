@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import time
 
 from integration_setup import make_setup
@@ -129,5 +130,56 @@ async def test_failed_logins_share_slots_whatever_the_connections(prosody, tmp_p
     ok, seconds = await right
     assert ok and seconds < 0.4
     await asyncio.to_thread(s.bouncer.wait_event, "authentication failed", after=5)
+    assert s.bouncer.count("upstream down") == 0
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_hostile_bytes_get_their_stream_error_and_nobody_else_notices(prosody, tmp_path):
+    """From the first byte: an oversized header, a namespace lxml refuses, a stanza of
+    too many elements; each gets its stream error, the account carries on."""
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    a = await connect(f"{s.alice}/B", s.password, s.port)  # still_serving() logs in as A
+    header = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              f"xmlns:stream='http://etherx.jabber.org/streams' to='{s.server.domain}' version='1.0'>").encode()
+    cases = {
+        b"<stream:stream xmlns='jabber:client' a='" + b"x" * 100_000: b"<policy-violation",
+        header.replace(b" to=", b" xmlns:x='a b' to="): b"<invalid-namespace",
+        header + b"<message><body>" + b"<a/>" * 9000: b"<policy-violation",
+    }
+    for data, condition in cases.items():
+        reader, writer = await raw(s.port)
+        writer.write(data)
+        out = await everything(reader, 5)
+        assert condition in out and out.endswith(b"</stream:stream>"), (data[:60], out)
+        writer.close()
+    await still_serving(s)
+    assert not a.disconnected_event.is_set() and s.bouncer.count("upstream down") == 0
+    assert "Traceback" not in s.bouncer.log_tail(200)
+    await close(a)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_a_session_that_stops_reading_is_closed_at_its_byte_cap(prosody, tmp_path):
+    """It holds at most its send buffer and its queue's bytes, then it is closed; the
+    session that reads gets every chat."""
+    s = make_setup(prosody, tmp_path, limits={"session_queue_bytes": 65536, "session_send_buffer": 4096})
+    await asyncio.to_thread(s.bouncer.start)
+    a = await connect(f"{s.alice}/A", s.password, s.port)
+    reader, writer = await plain_login(s, s.password, bind=True)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(b"<presence/>")  # available: chats to the account reach it too; then it reads nothing
+    bob = await connect(s.bob, s.bob_password, s.server.port)
+    await asyncio.sleep(0.3)
+    padding = "x" * 1000
+    for i in range(1000):  # ~1.1 MB
+        bob.send_message(mto=s.alice, mbody=f"n{i} {padding}", mtype="chat")
+    full = await asyncio.to_thread(s.bouncer.wait_event, "session queue full, closing", timeout=20)
+    assert full["queued_bytes"] >= 65536 - 2000
+    await a.wait_for(lambda el: (el.findtext("{jabber:client}body") or "").startswith("n999 "), timeout=20)
+    got = [el for el in a.received if (el.findtext("{jabber:client}body") or "").startswith("n")]
+    assert len(got) == 1000 and not a.disconnected_event.is_set()
+    writer.close()
+    await close(a, bob)
     assert s.bouncer.count("upstream down") == 0
     assert await asyncio.to_thread(s.bouncer.stop) == 0
