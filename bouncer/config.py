@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
-import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable, Literal
 
 import yaml
 
+from bouncer import config_values as check
 from bouncer.credentials import Credentials, parse_credentials
 from bouncer.tls import server_context
 
@@ -206,75 +205,11 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(path, f"invalid YAML: {e}") from None
 
 
-# --- per-key parsers: return the value or raise _Expected("what the key takes") -----------
-
-class _Expected(Exception):
-    pass
-
-
-_Parser = Callable[[Any], Any]
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Expected("a non-empty string")
-    return value
-
-
-def _integer(low: int, high: int | None = None) -> _Parser:
-    in_range = f"an integer of at least {low}"
-    if high is not None:
-        in_range = f"an integer from {low} to {high}"
-
-    def parse(value: Any) -> int:
-        if type(value) is not int:  # not isinstance: YAML's true/false are ints to Python
-            raise _Expected("an integer")
-        if value < low or (high is not None and value > high):
-            raise _Expected(in_range)
-        return value
-    return parse
-
-
-def _positive_number(value: Any) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
-        raise _Expected("a positive number")
-    return float(value)
-
-
-def _boolean(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _Expected("true or false")
-    return value
-
-
-def _choice(options: Any) -> _Parser:
-    allowed = get_args(options)
-    wanted = "one of " + ", ".join(repr(option) for option in allowed)
-
-    def parse(value: Any) -> str:
-        if not isinstance(value, str) or value not in allowed:
-            raise _Expected(wanted)
-        return value
-    return parse
-
-
-_JID = re.compile(r"[^@/\s]+@[^@/\s]+(?:/.+)?")
-
-
-def _jid(value: Any) -> str:
-    if not isinstance(value, str) or not _JID.fullmatch(value):
-        raise _Expected("a JID like user@example.org or user@example.org/resource")
-    return value
-
-
-_PORT = _integer(1, 65535)
-
-
 # --- sections: key parsers, then a builder for the rules that span keys ------------------
 
 @dataclass(frozen=True)
 class _Key:
-    parse: _Parser
+    parse: check.Parser
     required: bool = False
     # Never echo the value in an error: it is a password or a password hash.
     secret: bool = False
@@ -308,7 +243,7 @@ def _parse_section(name: str, raw: Any, keys: dict[str, _Key]) -> dict[str, Any]
             continue
         try:
             values[key_name] = key.parse(value)
-        except _Expected as e:
+        except check.Expected as e:
             raise ConfigError(
                 f"{name}.{key_name}", f"expected {e}, got {_show(value, key.secret)}"
             ) from None
@@ -392,58 +327,58 @@ def _defaults_apply(cls: type) -> Callable[[dict[str, Any], _Context], Any]:
 
 _SECTIONS: dict[str, _Section] = {
     "upstream": _Section({
-        "jid": _Key(_jid, required=True),
-        "password": _Key(_text, secret=True),
-        "password_file": _Key(_text),
-        "host": _Key(_text),
-        "port": _Key(_PORT),
-        "tls": _Key(_choice(UpstreamTls)),
-        "verify": _Key(_boolean),
-        "ca_file": _Key(_text),
-        "keepalive": _Key(_positive_number),
+        "jid": _Key(check.account_jid, required=True),
+        "password": _Key(check.text, secret=True),
+        "password_file": _Key(check.text),
+        "host": _Key(check.text),
+        "port": _Key(check.PORT),
+        "tls": _Key(check.choice(UpstreamTls)),
+        "verify": _Key(check.boolean),
+        "ca_file": _Key(check.text),
+        "keepalive": _Key(check.positive_number),
     }, _upstream),
     "listen": _Section({
-        "address": _Key(_text),
-        "port": _Key(_PORT),
-        "direct_tls_port": _Key(_PORT),
-        "tls": _Key(_choice(ListenTls)),
-        "cert": _Key(_text),
-        "key": _Key(_text),
+        "address": _Key(check.text),
+        "port": _Key(check.PORT),
+        "direct_tls_port": _Key(check.PORT),
+        "tls": _Key(check.choice(ListenTls)),
+        "cert": _Key(check.text),
+        "key": _Key(check.text),
     }, _listen),
     "downstream": _Section({
-        "password_hash": _Key(_text, secret=True),
-        "password": _Key(_text, secret=True),
+        "password_hash": _Key(check.text, secret=True),
+        "password": _Key(check.text, secret=True),
     }, _downstream),
-    "storage": _Section({"path": _Key(_text)}, _storage),
+    "storage": _Section({"path": _Key(check.text)}, _storage),
     "presence": _Section({
-        "idle_show": _Key(_choice(IdleShow)),
-        "idle_status": _Key(_text),
+        "idle_show": _Key(check.choice(IdleShow)),
+        "idle_status": _Key(check.text),
     }, _defaults_apply(PresenceConfig)),
     "limits": _Section({
         # RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
-        "max_stanza_size": _Key(_integer(10000)),
-        "iq_timeout": _Key(_positive_number),
-        "upstream_queue": _Key(_integer(1)),
-        "session_queue": _Key(_integer(1)),
-        "session_queue_bytes": _Key(_integer(65536)),
-        "session_send_buffer": _Key(_integer(4096)),
-        "login_timeout": _Key(_positive_number),
-        "idle_timeout": _Key(_positive_number),
-        "max_unauthenticated": _Key(_integer(1)),
-        "max_unauthenticated_per_address": _Key(_integer(1)),
+        "max_stanza_size": _Key(check.integer(10000)),
+        "iq_timeout": _Key(check.positive_number),
+        "upstream_queue": _Key(check.integer(1)),
+        "session_queue": _Key(check.integer(1)),
+        "session_queue_bytes": _Key(check.integer(65536)),
+        "session_send_buffer": _Key(check.integer(4096)),
+        "login_timeout": _Key(check.positive_number),
+        "idle_timeout": _Key(check.positive_number),
+        "max_unauthenticated": _Key(check.integer(1)),
+        "max_unauthenticated_per_address": _Key(check.integer(1)),
     }, _defaults_apply(LimitsConfig)),
     "history": _Section({
-        "max_age_days": _Key(_positive_number),
-        "max_messages": _Key(_integer(1)),
-        "default_messages": _Key(_integer(0)),
+        "max_age_days": _Key(check.positive_number),
+        "max_messages": _Key(check.integer(1)),
+        "default_messages": _Key(check.integer(0)),
     }, _defaults_apply(HistoryConfig)),
     "muc": _Section({
-        "leave_when_unused": _Key(_boolean),
-        "self_ping_after": _Key(_positive_number),
+        "leave_when_unused": _Key(check.boolean),
+        "self_ping_after": _Key(check.positive_number),
     }, _defaults_apply(MucConfig)),
     "log": _Section({
-        "format": _Key(_choice(LogFormat)),
-        "level": _Key(_choice(LogLevel)),
+        "format": _Key(check.choice(LogFormat)),
+        "level": _Key(check.choice(LogLevel)),
     }, _defaults_apply(LogConfig)),
 }
 
