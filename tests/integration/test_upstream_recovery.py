@@ -185,7 +185,7 @@ async def test_keepalive_detects_a_stopped_server(server_factory):
         server.pause()
         stopped = time.monotonic()
         reason = (await events.wait(down, start=mark, timeout=5)).reason
-        assert time.monotonic() - stopped < 0.5 + 0.5 + 0.5, reason
+        assert time.monotonic() - stopped < 0.5 + 0.5 + 1.0, reason  # keepalive + timeout, and slack for a busy CI
         assert "keepalive" in reason
         server.resume()
         assert (await events.wait(established, start=mark, timeout=20)).resumed is True
