@@ -205,9 +205,10 @@ class UpstreamLink:
         if stream is not None and stream.phase is UpstreamPhase.OPEN:
             self._flush()
             self._carry = stream.carry_over()
-        await self._halt("stopped, session kept for the next start")
         carry, self._carry = self._carry, None
-        return carry if carry is not None and carry.id is not None else None
+        kept = carry is not None and carry.id is not None
+        await self._halt("stopped, session kept for the next start" if kept else "stopped")
+        return carry if kept else None
 
     def sm_status(self) -> dict | None:
         """XEP-0198 on the stream now up, for ``bouncer status`` (None: not enabled)."""
