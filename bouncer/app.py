@@ -109,8 +109,7 @@ class Service:
         self.account.upstream = self.link
 
         self.listener = Listener(_stream_settings(config, self.domain, self.account_jid),
-                                 self.account, self._current_tls, config.limits.session_queue)
-        self._apply_limits(config)
+                                 self.account, self._current_tls, config.limits)
         ports = [(config.listen.port, False)]
         if config.listen.direct_tls_port is not None:
             ports.append((config.listen.direct_tls_port, True))
@@ -303,7 +302,7 @@ class Service:
         self._tls = tls  # next STARTTLS and direct TLS handshakes; open sessions keep theirs
         # New logins see the new credentials, TLS policy, stanza limit and queue cap.
         self.listener.settings = _stream_settings(config, self.domain, self.account_jid)
-        self._apply_limits(config)
+        self.listener.apply(config.limits)
         router = self.account.router
         router.settings = dataclasses.replace(
             router.settings,
@@ -318,18 +317,6 @@ class Service:
         if config.presence != self.config.presence:
             self.account.refresh_presence()  # a new idle presence shows at once
         self.config = config
-
-    def _apply_limits(self, config: Config) -> None:
-        """The listener's bounds, for connections accepted from now on."""
-        assert self.listener is not None
-        limits = config.limits
-        self.listener.queue_cap = limits.session_queue
-        self.listener.queue_bytes = limits.session_queue_bytes
-        self.listener.send_buffer = limits.session_send_buffer
-        self.listener.login_timeout = limits.login_timeout
-        self.listener.idle_timeout = limits.idle_timeout
-        self.listener.admission.max_total = limits.max_unauthenticated
-        self.listener.admission.max_per_address = limits.max_unauthenticated_per_address
 
     # ---- TLS ---------------------------------------------------------------------------
     def _tls_context(self, config: Config) -> ssl.SSLContext:

@@ -27,6 +27,7 @@ from bouncer.xmpp import ids, ns, stanza
 
 if TYPE_CHECKING:
     from bouncer.account import Account
+    from bouncer.config import LimitsConfig
 
 log = structlog.get_logger("bouncer.c2s")
 
@@ -47,12 +48,8 @@ class Connection:
         *,
         tls_context: Callable[[], ssl.SSLContext] | None,
         throttle: LoginThrottle,
-        queue_cap: int,
-        queue_bytes: int = 1 << 20,
-        send_buffer: int | None = None,
+        limits: LimitsConfig,
         admission: Admission | None = None,
-        login_timeout: float = 30.0,
-        idle_timeout: float = 900.0,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -60,12 +57,12 @@ class Connection:
         self._account = account
         self._tls_context = tls_context
         self._throttle = throttle
-        self._outbox = Outbox(queue_cap, queue_bytes)
+        self._outbox = Outbox(limits.session_queue, limits.session_queue_bytes)
         sock = writer.get_extra_info("socket")
-        if send_buffer and sock is not None:
+        if sock is not None:
             # What the kernel holds for a client that stopped reading counts too (SPEC §11):
             # capped, the outbox fills, and past its cap the session is closed.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.session_send_buffer)
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.resource: str | None = None
@@ -74,8 +71,8 @@ class Connection:
         self.csi_active = True  # XEP-0352: a session starts active
         self.log = log.bind(client=self.address)
         self._admission = admission  # counts this connection until it logs in or goes
-        self._login_timeout = login_timeout
-        self._idle_timeout = idle_timeout
+        self._login_timeout = limits.login_timeout
+        self._idle_timeout = limits.idle_timeout
         self._heard = 0.0  # loop time of the last bytes from the client
         self._pinged_at: float | None = None  # our idle ping in flight
         self._idle: asyncio.TimerHandle | None = None

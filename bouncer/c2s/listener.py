@@ -13,6 +13,7 @@ from bouncer.c2s.admission import Admission
 from bouncer.c2s.connection import Connection
 from bouncer.c2s.stream import ServerStream, StreamSettings
 from bouncer.c2s.throttle import LoginThrottle
+from bouncer.config import LimitsConfig
 from bouncer.xmpp import framing
 
 log = structlog.get_logger("bouncer.c2s")
@@ -23,15 +24,20 @@ class Listener:
     settings: StreamSettings
     account: object  # bouncer.account.Account
     tls_context: Callable[[], ssl.SSLContext] | None
-    queue_cap: int
-    queue_bytes: int = 1 << 20
-    send_buffer: int | None = None
-    admission: Admission = field(default_factory=lambda: Admission(200, 20))
-    login_timeout: float = 30.0
-    idle_timeout: float = 900.0
+    limits: LimitsConfig  # for connections accepted from now on (SIGHUP replaces it)
+    admission: Admission = field(init=False)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     servers: list[asyncio.base_events.Server] = field(default_factory=list)
     tasks: set[asyncio.Task] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.limits.max_unauthenticated, self.limits.max_unauthenticated_per_address)
+
+    def apply(self, limits: LimitsConfig) -> None:
+        """New bounds, for connections accepted from now on."""
+        self.limits = limits
+        self.admission.max_total = limits.max_unauthenticated
+        self.admission.max_per_address = limits.max_unauthenticated_per_address
 
     async def listen(self, address: str, port: int, *, direct_tls: bool = False) -> int:
         """Start accepting; returns the bound port (useful with port 0 in tests)."""
@@ -62,12 +68,8 @@ class Listener:
             self.account,  # type: ignore[arg-type]
             tls_context=self.tls_context,
             throttle=self.throttle,
-            queue_cap=self.queue_cap,
-            queue_bytes=self.queue_bytes,
-            send_buffer=self.send_buffer,
+            limits=self.limits,
             admission=self.admission,
-            login_timeout=self.login_timeout,
-            idle_timeout=self.idle_timeout,
         )
         task = asyncio.current_task()
         assert task is not None

@@ -8,6 +8,7 @@ import socket
 from bouncer.c2s.connection import Connection
 from bouncer.c2s.stream import ServerStream, StreamSettings
 from bouncer.c2s.throttle import LoginThrottle
+from bouncer.config import LimitsConfig
 from bouncer.credentials import Credentials
 
 
@@ -27,7 +28,7 @@ async def flood_until_closed(**caps) -> tuple[Connection, int]:
     settings = StreamSettings("example.org", "alice", Credentials.from_plain("x"), False, False, 10_000)
     account = NoAccount()
     conn = Connection(reader, writer, ServerStream(settings), account, tls_context=None,
-                      throttle=LoginThrottle(), send_buffer=4096, **caps)
+                      throttle=LoginThrottle(), limits=LimitsConfig(session_send_buffer=4096, **caps))
     runner = asyncio.create_task(conn.run())
     taken = 0
     for _ in range(2000):
@@ -43,13 +44,13 @@ async def flood_until_closed(**caps) -> tuple[Connection, int]:
 
 
 async def test_session_past_its_queue_cap_is_closed():
-    conn, _ = await flood_until_closed(queue_cap=50)
+    conn, _ = await flood_until_closed(session_queue=50)
     assert conn._outbox.waiting <= 50
 
 
 async def test_what_a_stuck_session_holds_is_bounded_in_bytes():
     """Kernel buffers (capped) + the outbox's byte cap: closed after ~100 kB, not 2 MB,
     however high the stanza count cap is."""
-    conn, taken = await flood_until_closed(queue_cap=10_000, queue_bytes=32 * 1024)
+    conn, taken = await flood_until_closed(session_queue=10_000, session_queue_bytes=32 * 1024)
     assert conn._outbox.waiting_bytes <= 32 * 1024 + len(STANZA)
     assert taken * len(STANZA) < 200 * 1024, taken
