@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import ssl
@@ -20,9 +19,13 @@ import time
 
 import structlog
 
-from bouncer import __version__, handover
+from bouncer import __version__
+from bouncer.account import handover
+from bouncer.account.owner import Account, build_account
+from bouncer.core.events import Reconfigure, Shutdown, Tick, UpstreamEvent, UpstreamUp
+from bouncer.storage.archive import SqliteArchive
+from bouncer.storage.offline import SqliteOffline
 from bouncer.xmpp import jid
-from bouncer.account import Account, apply_room_settings, build_account
 from bouncer.c2s.listener import Listener
 from bouncer.c2s.stream import StreamSettings
 from bouncer.config import Config, ConfigError, load_config
@@ -30,12 +33,11 @@ from bouncer.control import AlreadyRunning, ControlServer, socket_path
 from bouncer.log import configure_logging
 from bouncer.notify import Notifier
 from bouncer.reload import differences, in_force, needs_restart
-from bouncer.storage.db import open_database
+from bouncer.storage.db import GroupCommit, open_database
 from bouncer.storage.restart import RestartState
 from bouncer.upstream import saved as saved_upstream
 from bouncer.tls import ensure_certificate, fingerprints, server_context
-from bouncer.upstream.events import Established
-from bouncer.upstream.link import UpstreamEvent, UpstreamLink, UpstreamSettings
+from bouncer.upstream.link import UpstreamLink, UpstreamSettings
 
 log = structlog.get_logger("bouncer")
 
@@ -103,13 +105,13 @@ class Service:
         self.db = open_database(config.storage.path)
         self._tls = self._tls_context(config)
 
-        self.account = build_account(config, self.db)
+        self.account = build_account(config, SqliteArchive(self.db), SqliteOffline(self.db), GroupCommit(self.db))
         self.restart_state = RestartState(self.db)
         self.link = _upstream_link(config, self._on_upstream, self._take_handover())
         self.account.upstream = self.link
 
         self.listener = Listener(_stream_settings(config, self.domain, self.account_jid),
-                                 self.account, self._current_tls, config.limits)
+                                 self.account.handle, self._current_tls, config.limits)
         ports = [(config.listen.port, False)]
         if config.listen.direct_tls_port is not None:
             ports.append((config.listen.direct_tls_port, True))
@@ -122,7 +124,7 @@ class Service:
             self.listening.append(f"{config.listen.address}:{bound}" + (" (direct TLS)" if direct else ""))
 
         await self.link.start()
-        self._tasks.append(asyncio.create_task(self.account.tick()))
+        self._tasks.append(asyncio.create_task(self._tick()))
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self._monitor()))
         self._update_status()
@@ -135,7 +137,7 @@ class Service:
         self.stopping = True
         self.notifier.stopping()
         if not quiet:
-            log.info("shutting down", sessions=len(self.account.connections) if self.account else 0)
+            log.info("shutting down", sessions=len(self.account.router.sessions) if self.account else 0)
         await self.control.close()
         listener = self.listener
         if listener is not None:
@@ -146,7 +148,7 @@ class Service:
             # contacts and rooms must see nothing of a restart.
             self._save_handover(await self.link.suspend())
         if self.account is not None:
-            self.account.shutdown()
+            self.account.handle(Shutdown())
         if listener is not None:
             tasks = set(listener.tasks)
             if tasks:
@@ -191,11 +193,18 @@ class Service:
         self.restart_state.save("account", handover.dump(self.account.router), now)
         log.info("upstream session saved for the next run", unacked=len(state.unacked))
 
+    async def _tick(self, interval: float = 1.0) -> None:
+        """Time passing, as an event for the account (it has no clock of its own)."""
+        assert self.account is not None
+        while True:
+            await asyncio.sleep(interval)
+            self.account.handle(Tick(time.time()))
+
     # ---- readiness and status for systemd ---------------------------------------------
     def _on_upstream(self, event: UpstreamEvent) -> None:
         assert self.account is not None
-        self.account.on_upstream(event)
-        if isinstance(event, Established) and self.listening and not self.ready:
+        self.account.handle(event)
+        if isinstance(event, UpstreamUp) and self.listening and not self.ready:
             self.ready = True
             text = self._status_text()
             self._status_sent = text
@@ -210,7 +219,7 @@ class Service:
             return "stopping"
         if link is None or account is None or not self.listening:
             return "starting"
-        n = len(account.connections)
+        n = len(account.router.sessions)
         sessions = f"{n} session" + ("" if n == 1 else "s")
         if link.connected:
             return f"ready: upstream {self.account_jid}, {sessions}"
@@ -303,19 +312,7 @@ class Service:
         # New logins see the new credentials, TLS policy, stanza limit and queue cap.
         self.listener.settings = _stream_settings(config, self.domain, self.account_jid)
         self.listener.apply(config.limits)
-        router = self.account.router
-        router.settings = dataclasses.replace(
-            router.settings,
-            idle_show=config.presence.idle_show,
-            idle_status=config.presence.idle_status,
-            iq_timeout=config.limits.iq_timeout,
-            upstream_queue=config.limits.upstream_queue,
-        )
-        router.iqs.timeout = config.limits.iq_timeout  # for IQs sent from now on
-        if router.muc is not None:
-            apply_room_settings(router.muc, config)
-        if config.presence != self.config.presence:
-            self.account.refresh_presence()  # a new idle presence shows at once
+        self.account.handle(Reconfigure(config))
         self.config = config
 
     # ---- TLS ---------------------------------------------------------------------------
@@ -360,7 +357,9 @@ class Service:
         link = self.link
         upstream = status.setdefault("upstream", {})
         if link is not None:
-            upstream.update(failures=link.failures, last_error=link.last_error, sm=link.sm_status())
+            upstream.update(connected=link.connected, jid=link.jid, server=link.server,
+                            connected_since=link.connected_since, reconnects=link.reconnects,
+                            failures=link.failures, last_error=link.last_error, sm=link.sm_status())
             if not link.connected:
                 upstream["attempt"] = link.failures + 1
         status["bouncer"] = {

@@ -1,7 +1,7 @@
 """The asyncio edge of one downstream connection: socket <-> sans-IO stream core.
 
-One reader loop feeds bytes to the ServerStream and hands its events to the
-Account; one writer task per connection drains a bounded queue (soju's
+One reader loop feeds bytes to the ServerStream and hands what it means to the
+account's one entrance (``core.events``); one writer task per connection drains a bounded queue (soju's
 ``conn.go``), so a slow phone never stalls the fan-out to the others, and a
 session past its cap is closed instead of growing without bound (SPEC §11).
 """
@@ -23,10 +23,10 @@ from bouncer.c2s import stream as core
 from bouncer.c2s.admission import Admission
 from bouncer.c2s.outbox import Outbox
 from bouncer.c2s.throttle import LoginThrottle
+from bouncer.core.events import Event, SessionBind, SessionClosed, SessionNonza, SessionStanza
 from bouncer.xmpp import ids, ns, stanza
 
 if TYPE_CHECKING:
-    from bouncer.account import Account
     from bouncer.config import LimitsConfig
 
 log = structlog.get_logger("bouncer.c2s")
@@ -37,14 +37,17 @@ _CLOSE = object()
 
 
 class Connection:
-    """A downstream client connection; once bound, a session of the account."""
+    """A downstream client connection; once bound, a session of the account.
+
+    It is the account's ``core.ports.SessionPort`` for this client.
+    """
 
     def __init__(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         stream: core.ServerStream,
-        account: Account,
+        handle: Callable[[Event], None],
         *,
         tls_context: Callable[[], ssl.SSLContext] | None,
         throttle: LoginThrottle,
@@ -54,7 +57,7 @@ class Connection:
         self._reader = reader
         self._writer = writer
         self.stream = stream
-        self._account = account
+        self._to_account = handle  # the account's one entrance
         self._tls_context = tls_context
         self._throttle = throttle
         self._outbox = Outbox(limits.session_queue, limits.session_queue_bytes)
@@ -66,9 +69,7 @@ class Connection:
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.resource: str | None = None
-        self.token: int | None = None
         self.since = time.time()
-        self.csi_active = True  # XEP-0352: a session starts active
         self.log = log.bind(client=self.address)
         self._admission = admission  # counts this connection until it logs in or goes
         self._login_timeout = limits.login_timeout
@@ -81,7 +82,13 @@ class Connection:
     def jid(self) -> str | None:
         return self.stream.jid
 
-    # ---- output (called by the Account) -------------------------------------
+    # ---- the account's side (core.ports.SessionPort) ---------------------------
+    def bound(self, resource: str) -> None:
+        self.resource = resource
+        self.stream.bind(resource)
+        self.log = self.log.bind(session=resource)
+        self._flush()
+
     def send_stanza(self, el: etree._Element) -> None:
         self.stream.send_stanza(el)
         self._flush()
@@ -132,7 +139,7 @@ class Connection:
             if self.stream.holding() > GIVE_BACK_ABOVE:
                 memory.give_back()  # what the partial stanza took, once it is freed
             self._logged_in_or_gone()
-            self._account.connection_closed(self)
+            self._to_account(SessionClosed(self))
             self._enqueue(_CLOSE)
             try:
                 await asyncio.wait_for(writer_task, 5)
@@ -165,12 +172,11 @@ class Connection:
                 self.log.warning("authentication failed", user=username, reason=reason, delay=delay)
                 await asyncio.sleep(delay)
             case core.BindRequested(requested):
-                self._account.bind(self, requested)
-                self.log = self.log.bind(session=self.resource)
+                self._to_account(SessionBind(self, requested))
             case core.StanzaReceived(element):
-                self._account.from_session(self, element)
+                self._to_account(SessionStanza(self, element))
             case core.NonzaReceived(element):
-                self._account.nonza(self, element)
+                self._to_account(SessionNonza(self, element))
             case core.Closed(error):
                 if error:
                     self.log.info("stream error sent", condition=error)

@@ -14,6 +14,7 @@ from bouncer.c2s.connection import Connection
 from bouncer.c2s.stream import ServerStream, StreamSettings
 from bouncer.c2s.throttle import LoginThrottle
 from bouncer.config import LimitsConfig
+from bouncer.core.events import Event
 from bouncer.xmpp import framing
 
 log = structlog.get_logger("bouncer.c2s")
@@ -22,7 +23,7 @@ log = structlog.get_logger("bouncer.c2s")
 @dataclass
 class Listener:
     settings: StreamSettings
-    account: object  # bouncer.account.Account
+    handle: Callable[[Event], None]  # the account's one entrance
     tls_context: Callable[[], ssl.SSLContext] | None
     limits: LimitsConfig  # for connections accepted from now on (SIGHUP replaces it)
     admission: Admission = field(init=False)
@@ -65,7 +66,7 @@ class Listener:
             reader,
             writer,
             ServerStream(self.settings, tls_active=direct_tls),
-            self.account,  # type: ignore[arg-type]
+            self.handle,
             tls_context=self.tls_context,
             throttle=self.throttle,
             limits=self.limits,

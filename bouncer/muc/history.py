@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from bouncer.xmpp import ns, stanza
-from bouncer.storage.archive import ArchivedMessage, RoomArchive
+from bouncer.core.ports import ArchivedMessage, RoomArchive
 
 
 

@@ -14,7 +14,7 @@ from lxml import etree
 from bouncer.xmpp import jid, stanza
 from bouncer.muc.history import parse_stamp
 from bouncer.xmpp.ns import q
-from bouncer.storage.archive import ArchivedMessage, RoomArchive
+from bouncer.core.ports import ArchivedMessage, RoomArchive
 
 MAM = "urn:xmpp:mam:2"
 RSM = "http://jabber.org/protocol/rsm"

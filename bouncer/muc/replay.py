@@ -13,6 +13,7 @@ from lxml import etree
 from bouncer.xmpp import ns, stanza
 from bouncer.muc.room import JoinRequest, Room, muc_user
 from bouncer.xmpp.ns import q
+from bouncer.xmpp.wire import Prepared
 
 Element = etree._Element
 
@@ -20,22 +21,22 @@ Element = etree._Element
 _FIRST_JOIN_ONLY = {"201", "210"}
 
 
-def join_answer(room: Room, req: JoinRequest, history: list[Element]) -> list[Element]:
-    """Stanzas to send, in order, to the session whose join ``req`` is answered locally."""
-    out: list[Element] = list(room.occupants.values())
+def join_answer(room: Room, req: JoinRequest, history: list[Element]) -> list[Element | Prepared]:
+    """Stanzas to send, in order, to the session whose join ``req`` is answered locally.
+
+    The occupants and the subject are the same for every session, so they go as bytes
+    serialised once (``Room.prepared_occupants``): only their ``to`` differs.
+    """
+    out: list[Element | Prepared] = list(room.prepared_occupants())
     out.append(self_presence(room, req))
     out.extend(history)
-    out.append(room.subject if room.subject is not None else empty_subject(room))
+    out.append(room.prepared_subject() or empty_subject(room))
     return out
 
 
 def self_presence(room: Room, req: JoinRequest) -> Element:
     assert room.self_presence is not None
-    el = stanza.clone(room.self_presence)
-    if req.presence_id is None:
-        el.attrib.pop("id", None)
-    else:
-        el.set("id", req.presence_id)
+    el = with_id(room.self_presence, req.presence_id)
     x = muc_user(el)
     if x is None:
         x = stanza.child(el, ns.MUC_USER, "x")
@@ -79,3 +80,24 @@ def _affiliation(room: Room) -> str:
     x = muc_user(room.self_presence) if room.self_presence is not None else None
     item = None if x is None else x.find(q(ns.MUC_USER, "item"))
     return "none" if item is None else item.get("affiliation", "none")
+
+
+def unavailable_of(occupant: Element) -> Element:
+    """The presence telling sessions an occupant left while the account was away."""
+    el = stanza.make("presence", type="unavailable", from_=occupant.get("from"), to=occupant.get("to"))
+    x = muc_user(occupant)
+    if x is not None:
+        out = stanza.child(el, ns.MUC_USER, "x")
+        for item in x.findall(q(ns.MUC_USER, "item")):
+            etree.SubElement(out, q(ns.MUC_USER, "item"), {**item.attrib, "role": "none"})
+    return el
+
+
+def with_id(el: Element, presence_id: str | None) -> Element:
+    """A copy of ``el`` carrying a session's own presence id (or none)."""
+    out = stanza.clone(el)
+    if presence_id is None:
+        out.attrib.pop("id", None)
+    else:
+        out.set("id", presence_id)
+    return out

@@ -12,14 +12,17 @@ from enum import Enum, auto
 
 from lxml import etree
 
-from bouncer.xmpp import jid, ns, stanza
+from bouncer.xmpp import jid, ns, stanza, wire
 from bouncer.xmpp.ns import q
+from bouncer.xmpp.wire import Prepared
 
 Element = etree._Element
 
+# Why the room let go of the account (SPEC §6.5), for the log.
+_GONE_REASONS = ("301", "307", "321", "322")
 
 
-class Phase(Enum):
+class RoomPhase(Enum):
     JOINING = auto()  # join sent upstream, self-presence not yet back
     JOINED = auto()  # self-presence seen; history and subject follow
 
@@ -39,7 +42,7 @@ class Room:
     jid: str
     nick: str
     password: str | None = None
-    phase: Phase = Phase.JOINING
+    phase: RoomPhase = RoomPhase.JOINING
     occupants: dict[str, Element] = field(default_factory=dict)  # other nicks -> presence
     self_presence: Element | None = None
     subject: Element | None = None
@@ -64,6 +67,10 @@ class Room:
     # sessions that still need a subject to end their join.
     previous: dict[str, Element] | None = None
     awaiting_subject: set[str] = field(default_factory=set)
+    # Occupant presences and the subject serialised once for every local join, with the
+    # element each was made from: a presence that changed is a new element, written again.
+    _occupant_wire: dict[str, tuple[Element, Prepared]] = field(default_factory=dict, repr=False)
+    _subject_wire: tuple[Element, Prepared] | None = field(default=None, repr=False)
 
     @property
     def occupant_jid(self) -> str:
@@ -72,6 +79,22 @@ class Room:
     def audience(self) -> tuple[str, ...]:
         """Sessions that get room traffic: joined ones and those whose join is under way."""
         return tuple(sorted(self.sessions | set(self.pending)))
+
+    def prepared_occupants(self) -> list[Prepared]:
+        """The occupants' presences as bytes to address per session (the local join replay)."""
+        self._occupant_wire = {nick: _reuse(self._occupant_wire.get(nick), el) for nick, el in self.occupants.items()}
+        return [prep for _, prep in self._occupant_wire.values()]
+
+    def prepared_subject(self) -> Prepared | None:
+        if self.subject is None:
+            return None
+        self._subject_wire = _reuse(self._subject_wire, self.subject)
+        return self._subject_wire[1]
+
+
+def _reuse(cached: tuple[Element, Prepared] | None, el: Element) -> tuple[Element, Prepared]:
+    """The cached bytes while ``el`` is the very element they were made from."""
+    return cached if cached is not None and cached[0] is el else (el, wire.prepare(el))
 
 
 def muc_user(el: Element) -> Element | None:
@@ -118,6 +141,43 @@ def subject_message(el: Element) -> bool:
         el.get("type") == "groupchat"
         and stanza.find(el, ns.CLIENT, "subject") is not None
         and stanza.find(el, ns.CLIENT, "body") is None
+    )
+
+
+def error_condition(el: Element) -> str | None:
+    """The defined condition of a stanza error, e.g. ``not-acceptable``."""
+    error = el.find(q(ns.CLIENT, "error"))
+    return None if error is None or len(error) == 0 else etree.QName(error[0]).localname
+
+
+def gone_reason(el: Element, codes: set[str]) -> str:
+    """Why an unavailable self-presence put the account out (SPEC §6.5)."""
+    x = muc_user(el)
+    if x is not None and x.find(q(ns.MUC_USER, "destroy")) is not None:
+        return "destroyed"
+    return next((c for c in _GONE_REASONS if c in codes), "unavailable")
+
+
+def same(a: Element | None, b: Element) -> bool:
+    """Whether a room stanza says the same again (after a rejoin), for a client's eyes.
+
+    Compared on what clients show: availability, status text, role and
+    affiliation, or the subject; a rejoin changes status codes, ids and
+    server-added payloads, which mean nothing to a session already in the room.
+    """
+    return a is not None and _meaning(a) == _meaning(b)
+
+
+def _meaning(el: Element) -> tuple:
+    x = muc_user(el)
+    item = None if x is None else x.find(q(ns.MUC_USER, "item"))
+    return (
+        el.get("from"),
+        el.get("type"),
+        stanza.text_of(el, ns.CLIENT, "show"),
+        stanza.text_of(el, ns.CLIENT, "status"),
+        stanza.text_of(el, ns.CLIENT, "subject"),
+        None if item is None else (item.get("affiliation"), item.get("role"), item.get("jid"), item.get("nick")),
     )
 
 

@@ -9,27 +9,8 @@ twice. Retention by age and count keeps the file bounded.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
-from bouncer.xmpp import ids
-
-
-@dataclass(frozen=True)
-class ArchivedMessage:
-    id: int
-    stanza_id: str | None
-    ts: float
-    nick: str | None
-    stanza: bytes
-
-
-    @property
-    def archive_id(self) -> str:
-        """The id clients page by: the room's stanza-id, or ours when it gave none."""
-        return self.stanza_id if self.stanza_id is not None else f"{LOCAL_ID_PREFIX}{self.id}"
-
-
-LOCAL_ID_PREFIX = ids.PREFIX  # then the row id
+from bouncer.core.ports import LOCAL_ID_PREFIX, ArchivedMessage, HeldRoom
 
 
 def _local_rowid(archive_id: str) -> int:
@@ -37,18 +18,11 @@ def _local_rowid(archive_id: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-@dataclass(frozen=True)
-class HeldRoom:
-    jid: str
-    nick: str
-    password: str | None
+class SqliteArchive:
+    """``core.ports.RoomArchive`` in the bouncer's SQLite file."""
 
-
-class RoomArchive:
-    def __init__(self, conn: sqlite3.Connection, *, max_age_days: float | None = None, max_messages: int | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self.max_age_days = max_age_days
-        self.max_messages = max_messages
 
     # ---- messages --------------------------------------------------------------
     def store(self, room: str, stanza_id: str | None, ts: float, nick: str | None, stanza: bytes) -> bool:
@@ -139,19 +113,19 @@ class RoomArchive:
     def count(self, room: str) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM muc_archive WHERE room = ?", (room,)).fetchone()[0]
 
-    def prune(self, room: str, now: float) -> int:
+    def prune(self, room: str, now: float, max_age_days: float | None, max_messages: int | None) -> int:
         """Apply retention to one room; returns how many messages went."""
         removed = 0
-        if self.max_age_days is not None:
+        if max_age_days is not None:
             cur = self._conn.execute(
-                "DELETE FROM muc_archive WHERE room = ? AND ts < ?", (room, now - self.max_age_days * 86400)
+                "DELETE FROM muc_archive WHERE room = ? AND ts < ?", (room, now - max_age_days * 86400)
             )
             removed += cur.rowcount
-        if self.max_messages is not None:
+        if max_messages is not None:
             cur = self._conn.execute(
                 "DELETE FROM muc_archive WHERE room = ? AND id NOT IN "
                 "(SELECT id FROM muc_archive WHERE room = ? ORDER BY ts DESC, id DESC LIMIT ?)",
-                (room, room, self.max_messages),
+                (room, room, max_messages),
             )
             removed += cur.rowcount
         return removed

@@ -8,17 +8,12 @@ writer has flushed them to its socket.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from bouncer.core.ports import StoredStanza
 
 
-@dataclass(frozen=True)
-class StoredStanza:
-    id: int
-    received: float
-    stanza: bytes
+class SqliteOffline:
+    """``core.ports.OfflineStore`` in the bouncer's SQLite file."""
 
-
-class OfflineStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 

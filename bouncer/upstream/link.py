@@ -7,10 +7,10 @@ each lost stream is logged with its reason; a lost stream is resumed
 (XEP-0198) when the server still holds it, so nothing is sent or received
 twice and nothing is lost.
 
-Events for the account (called synchronously on the loop): ``Established``
-(``upstream/events.py``; ``resumed=False`` means a NEW session: the account restores presence, rooms
-and roster), ``UpstreamDown`` (only after an Established) and ``UpstreamStanza``
-(only while up).
+Events for the account (``core.events``, called synchronously on the loop):
+``UpstreamUp`` (``resumed=False`` means a NEW session: the account restores
+presence, rooms and roster), ``UpstreamDown`` (only after an UpstreamUp),
+``UpstreamStanza`` (only while up) and ``UpstreamReadHandled`` after each read.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import structlog
 from lxml import etree
 
 from bouncer.upstream import connect
+from bouncer.core.events import UpstreamDown, UpstreamEvent, UpstreamReadHandled, UpstreamStanza, UpstreamUp
 from bouncer.upstream.events import Ended, Established, StanzaReceived, TlsRequired
 from bouncer.upstream.stream import ClientSettings, ClientStream, Outgoing, UpstreamPhase
 from bouncer.xmpp import jid, sm, stanza
@@ -36,26 +37,6 @@ READ_SIZE = 65536
 DEFAULT_RESOURCE = "bouncer"
 
 
-@dataclass(frozen=True)
-class UpstreamDown:
-    """The stream that was up is gone (the link keeps reconnecting)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class UpstreamStanza:
-    """A ``{jabber:client}`` message/presence/iq, full infoset, detached."""
-
-    element: etree._Element
-
-
-@dataclass(frozen=True)
-class UpstreamReadHandled:
-    """Every stanza of one read from the server was handed over (commit what they wrote)."""
-
-
-UpstreamEvent = Established | UpstreamDown | UpstreamStanza | UpstreamReadHandled
 
 
 @dataclass(frozen=True)
@@ -379,7 +360,7 @@ class UpstreamLink:
         self._up_since = loop.time()
         self.connected_since = time.time()
         self.log.info("upstream established", jid=bound, resumed=resumed, server=self.server)
-        self._emit(Established(bound, resumed))
+        self._emit(UpstreamUp(bound, resumed))
 
     def _down(self, reason: str) -> None:
         if not self.connected:

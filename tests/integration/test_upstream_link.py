@@ -13,8 +13,8 @@ import pytest
 from lxml import etree
 
 from bouncer.upstream import link as link_module
-from bouncer.upstream.events import Established
-from bouncer.upstream.link import UpstreamDown, UpstreamSettings, UpstreamStanza
+from bouncer.core.events import UpstreamDown, UpstreamStanza, UpstreamUp
+from bouncer.upstream.link import UpstreamSettings
 from support.upstream import (
     CLIENT,
     Peer,
@@ -56,7 +56,7 @@ async def test_connect_ping_and_clean_stop(server, tls):
     assert not link.connected and link.send(ping("bnc-early")) is False
     await link.start()
     ev = await events.wait(established)
-    assert ev == Established(f"{jid}/bouncer", resumed=False)
+    assert ev == UpstreamUp(f"{jid}/bouncer", resumed=False)
     assert link.connected and link.jid == f"{jid}/bouncer"
     port = server.direct_tls_port if tls == "direct" else server.port
     assert link.server.startswith(f"127.0.0.1:{port}")

@@ -16,8 +16,8 @@ import xml.etree.ElementTree as ET
 import slixmpp
 from lxml import etree
 
-from bouncer.upstream.events import Established
-from bouncer.upstream.link import UpstreamDown, UpstreamLink, UpstreamSettings, UpstreamStanza
+from bouncer.core.events import UpstreamDown, UpstreamStanza, UpstreamUp
+from bouncer.upstream.link import UpstreamLink, UpstreamSettings
 from support.prosody import client_ssl_context
 
 CLIENT = "jabber:client"
@@ -72,7 +72,7 @@ class Inbox:
 
 
 def established(ev) -> bool:
-    return isinstance(ev, Established)
+    return isinstance(ev, UpstreamUp)
 
 
 def down(ev) -> bool:

@@ -1,32 +1,35 @@
-"""Account fan-out: one serialisation, each session's own ``to``, payload untouched."""
+"""The executor's delivery: one serialisation, each session's own ``to``, payload untouched."""
 
 from __future__ import annotations
 
 from lxml import etree
 
-from bouncer.account import Account
-from bouncer.router import Router, RouterSettings
+from bouncer.account.owner import Account
+from bouncer.core.events import SessionBind
+from bouncer.storage.in_memory import MemoryOffline, NoTransaction
+from support.ports import RecordingPort, new_router
+
+ACCOUNT = "alice@example.org"
 
 
-class FakeConn:
-    def __init__(self, jid):
-        self.jid = jid
-        self.wire: list[bytes] = []
-
-    def send_serialized(self, wire: bytes) -> None:
-        self.wire.append(wire)
+def account_with(*resources: str) -> tuple[Account, dict[str, RecordingPort]]:
+    account = Account(new_router(ACCOUNT), MemoryOffline(), NoTransaction())
+    ports = {}
+    for resource in resources:
+        ports[resource] = RecordingPort(ACCOUNT)
+        account.handle(SessionBind(ports[resource], resource))
+    return account, ports
 
 
 def test_each_session_gets_its_own_to_and_the_same_payload():
-    account = Account(Router(RouterSettings(account="alice@example.org")), offline=None)  # type: ignore[arg-type]
-    account.connections = {r: FakeConn(f"alice@example.org/{r}") for r in ("a", 'we"ird&<')}
+    account, ports = account_with("a", 'we"ird&<')
     el = etree.fromstring(
         "<message xmlns='jabber:client' from='room@muc/bob' to='alice@example.org/bouncer' type='groupchat'>"
         "<body>to=\"alice@example.org/a\" ünïcode</body><x xmlns='urn:x' a='1'/></message>"
     )
     account._deliver(("a", 'we"ird&<', "gone"), el)
-    for resource, conn in account.connections.items():
-        (wire,) = conn.wire
+    for resource, port in ports.items():
+        (wire,) = port.wire
         got = etree.fromstring(wire)
         assert got.get("to") == f"alice@example.org/{resource}"
         assert got.findtext("{jabber:client}body") == 'to="alice@example.org/a" ünïcode'
@@ -35,8 +38,7 @@ def test_each_session_gets_its_own_to_and_the_same_payload():
 
 
 def test_bare_to_is_kept():
-    account = Account(Router(RouterSettings(account="alice@example.org")), offline=None)  # type: ignore[arg-type]
-    account.connections = {"a": FakeConn("alice@example.org/a")}
+    account, ports = account_with("a")
     el = etree.fromstring("<message xmlns='jabber:client' to='alice@example.org'><body>x</body></message>")
     account._deliver(("a",), el)
-    assert etree.fromstring(account.connections["a"].wire[0]).get("to") == "alice@example.org"
+    assert etree.fromstring(ports["a"].wire[0]).get("to") == "alice@example.org"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from lxml import etree
 
 from bouncer.xmpp import ns
-from bouncer.actions import Deliver, ToUpstream
+from bouncer.core.effects import Deliver, HoldRoom, ReleaseRoom, ToUpstream
 from bouncer.muc.routing import MucRouter
-from bouncer.router import Router, RouterSettings
-from bouncer.storage.archive import RoomArchive
-from bouncer.storage.db import open_database
+from bouncer.storage.in_memory import MemoryArchive
+from bouncer.xmpp.wire import Prepared
+from support.ports import bind, new_router
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -24,12 +24,13 @@ def x(text: str) -> etree._Element:
     raise ValueError(text)
 
 
-def setup(tmp_path, **muc_kw):
-    archive = RoomArchive(open_database(tmp_path / "a.sqlite"))
-    r = Router(RouterSettings(account=ACCOUNT), muc=MucRouter(archive, **muc_kw))
+def setup(**muc_settings):
+    """A Router over an in-memory archive, upstream, with sessions A and B available."""
+    archive = MemoryArchive()
+    r = new_router(ACCOUNT, archive, **muc_settings)
     r.upstream_established(UP, resumed=False)
     for res in ("A", "B"):
-        r.bind(res)
+        bind(r, res)
         r.from_session(res, x(f"<presence from='{ACCOUNT}/{res}'/>"), 0)
     return r, archive
 
@@ -51,11 +52,24 @@ def groupchat(nick, body, sid):
 
 
 def to(actions, res):
-    return [a.element for a in actions if isinstance(a, Deliver) and res in a.resources]
+    """What ``res`` is sent, as elements (bytes prepared once are addressed to it and parsed)."""
+    return [_element(a.element, res) for a in actions if isinstance(a, Deliver) and res in a.resources]
+
+
+def _element(el, res):
+    return etree.fromstring(el.to(f"{ACCOUNT}/{res}")) if isinstance(el, Prepared) else el
 
 
 def up(actions):
     return [a.element for a in actions if isinstance(a, ToUpstream)]
+
+
+def held(actions):
+    return [a.room.jid for a in actions if isinstance(a, HoldRoom)]
+
+
+def released(actions):
+    return [a.jid for a in actions if isinstance(a, ReleaseRoom)]
 
 
 def complete_first_join(r, res="A"):
@@ -69,8 +83,8 @@ def complete_first_join(r, res="A"):
     return out
 
 
-def test_first_join_goes_upstream_once_and_is_answered_as_the_room_did(tmp_path):
-    r, archive = setup(tmp_path)
+def test_first_join_goes_upstream_once_and_is_answered_as_the_room_did():
+    r, archive = setup()
     (sent,) = up(join(r, "B", pid="probe"))
     assert sent.get("to") == f"{ROOM}/alice" and sent.find(f"{{{ns.MUC}}}x") is not None and sent.get("from") is None
     r.from_session("B", x(f"<presence from='{ACCOUNT}/B' to='{ROOM}/alice' type='unavailable'/>"), 0)
@@ -79,11 +93,11 @@ def test_first_join_goes_upstream_once_and_is_answered_as_the_room_did(tmp_path)
     got = to(out, "A")
     assert [e.get("from") for e in got] == [f"{ROOM}/bob", f"{ROOM}/carol", f"{ROOM}/alice", f"{ROOM}/bob", ROOM]
     assert to(out, "B") == []
-    assert [h.jid for h in archive.held()] == [ROOM] and archive.count(ROOM) == 1
+    assert held(out) == [ROOM] and archive.count(ROOM) == 1
 
 
-def test_later_join_is_local_in_xep0045_order(tmp_path):
-    r, _ = setup(tmp_path)
+def test_later_join_is_local_in_xep0045_order():
+    r, _ = setup()
     complete_first_join(r)
     actions = join(r, "B", nick="other", pid="b-join")
     assert up(actions) == []  # nothing upstream: the account is already in
@@ -98,8 +112,8 @@ def test_later_join_is_local_in_xep0045_order(tmp_path):
     assert got[4].findtext("{jabber:client}subject") == "Topic"
 
 
-def test_history_limits_on_local_join(tmp_path):
-    r, _ = setup(tmp_path)
+def test_history_limits_on_local_join():
+    r, _ = setup()
     complete_first_join(r)
     for i in range(2, 8):
         r.from_upstream(groupchat("bob", f"msg {i}", f"s{i}"), 100.0 + i)
@@ -110,10 +124,10 @@ def test_history_limits_on_local_join(tmp_path):
     assert got[-1].find("{jabber:client}subject") is not None  # the subject always ends the join
 
 
-def test_fan_out_once_per_joined_session_and_not_to_others(tmp_path):
-    r, _ = setup(tmp_path)
+def test_fan_out_once_per_joined_session_and_not_to_others():
+    r, _ = setup()
     complete_first_join(r)
-    r.bind("C")
+    bind(r, "C")
     r.from_session("C", x(f"<presence from='{ACCOUNT}/C'/>"), 0)
     join(r, "B")
     actions = r.from_upstream(groupchat("bob", "hello room", "s9"), 101.0)
@@ -121,8 +135,8 @@ def test_fan_out_once_per_joined_session_and_not_to_others(tmp_path):
     assert r.from_upstream(groupchat("bob", "hello room", "s9"), 102.0) == []  # same stanza-id: not again
 
 
-def test_leave_of_one_session_only(tmp_path):
-    r, _ = setup(tmp_path)
+def test_leave_of_one_session_only():
+    r, _ = setup()
     complete_first_join(r)
     join(r, "B")
     actions = r.from_session("B", x(f"<presence from='{ACCOUNT}/B' to='{ROOM}/alice' type='unavailable'/>"), 0)
@@ -133,46 +147,44 @@ def test_leave_of_one_session_only(tmp_path):
     assert to(actions, "B") == [] and len(to(actions, "A")) == 1
 
 
-def test_leave_when_unused_leaves_upstream(tmp_path):
-    from bouncer.muc.routing import MucSettings
-
-    r, archive = setup(tmp_path, settings=MucSettings(leave_when_unused=True))
+def test_leave_when_unused_leaves_upstream():
+    r, archive = setup(leave_when_unused=True)
     complete_first_join(r)
     actions = r.from_session("A", x(f"<presence from='{ACCOUNT}/A' to='{ROOM}/alice' type='unavailable'/>"), 0)
     (sent,) = up(actions)
-    assert sent.get("type") == "unavailable" and archive.held() == []
+    assert sent.get("type") == "unavailable" and released(actions) == [ROOM]
 
 
-def test_kick_of_the_account_reaches_all_and_drops_state(tmp_path):
-    r, archive = setup(tmp_path)
+def test_kick_of_the_account_reaches_all_and_drops_state():
+    r, archive = setup()
     complete_first_join(r)
     join(r, "B")
     actions = r.from_upstream(occupant("alice", ptype="unavailable", codes=("110", "307")), 104.0)
     assert len(to(actions, "A")) == 1 and len(to(actions, "B")) == 1 and up(actions) == []
-    assert ROOM not in r.muc.rooms and archive.held() == []
+    assert ROOM not in r.muc.rooms and released(actions) == [ROOM]
 
 
-def test_unasked_plain_departure_of_the_account_is_rejoined_quietly(tmp_path):
+def test_unasked_plain_departure_of_the_account_is_rejoined_quietly():
     """An unavailable self-presence without a reason, which the account never asked
     for (ejabberd ends a crashed bouncer's hibernated session after the new one
     joined with the same full JID): the account joins again, the sessions stay and
     see only what changed."""
-    r, archive = setup(tmp_path)
+    r, archive = setup()
     complete_first_join(r)
     join(r, "B")
     actions = r.from_upstream(occupant("alice", ptype="unavailable", codes=("110",)), 104.0)
     (rejoin,) = up(actions)
     assert rejoin.get("to") == f"{ROOM}/alice" and rejoin.find(f"{{{ns.MUC}}}x") is not None
     assert to(actions, "A") == [] and to(actions, "B") == []
-    assert r.muc.rooms[ROOM].sessions == {"A", "B"} and archive.held() != []
+    assert r.muc.rooms[ROOM].sessions == {"A", "B"} and released(actions) == []
     back = []
     for el in (occupant("bob"), occupant("carol"), occupant("alice", codes=("110",))):
         back += r.from_upstream(el, 105.0)
     assert to(back, "A") == [] and to(back, "B") == []  # nothing changed for them
 
 
-def test_nick_change_and_occupant_tracking(tmp_path):
-    r, _ = setup(tmp_path)
+def test_nick_change_and_occupant_tracking():
+    r, _ = setup()
     complete_first_join(r)
     r.from_upstream(occupant("bob", ptype="unavailable", codes=("303",), item="nick='robert'"), 105.0)
     r.from_upstream(occupant("robert"), 105.0)
@@ -188,16 +200,16 @@ def test_nick_change_and_occupant_tracking(tmp_path):
     assert r.muc.rooms[ROOM].nick == "alicia"
 
 
-def test_join_error_leaves_no_state(tmp_path):
-    r, archive = setup(tmp_path)
+def test_join_error_leaves_no_state():
+    r, archive = setup()
     join(r, "A")
     err = x(f"<presence from='{ROOM}/alice' to='{UP}' type='error' id='j1'><error type='auth'><registration-required xmlns='{ns.STANZA_ERRORS}'/></error></presence>")
     actions = r.from_upstream(err, 100.0)
-    assert to(actions, "A") == [err] and ROOM not in r.muc.rooms and archive.held() == []
+    assert to(actions, "A") == [err] and ROOM not in r.muc.rooms and released(actions) == [ROOM]
 
 
-def test_self_ping_answered_locally(tmp_path):
-    r, _ = setup(tmp_path)
+def test_self_ping_answered_locally():
+    r, _ = setup()
     complete_first_join(r)
     ping = f"<iq type='get' id='sp' to='{ROOM}/alice' from='{ACCOUNT}/%s'><ping xmlns='urn:xmpp:ping'/></iq>"
     (ans,) = to(r.from_session("A", x(ping % "A"), 0), "A")
@@ -206,20 +218,22 @@ def test_self_ping_answered_locally(tmp_path):
     assert ans.get("type") == "error" and ans.find(f".//{{{ns.STANZA_ERRORS}}}not-acceptable") is not None
 
 
-def test_pm_from_occupant_reaches_joined_sessions(tmp_path):
-    r, _ = setup(tmp_path)
+def test_pm_from_occupant_reaches_joined_sessions():
+    r, _ = setup()
     complete_first_join(r)
     join(r, "B")
-    r.bind("C")
+    bind(r, "C")
     r.from_session("C", x(f"<presence from='{ACCOUNT}/C'/>"), 0)
     pm = x(f"<message from='{ROOM}/bob' to='{UP}' type='chat'><body>psst</body><x xmlns='{MUC_USER}'/></message>")
     actions = r.from_upstream(pm, 107.0)
     assert len(to(actions, "A")) == 1 and len(to(actions, "B")) == 1 and to(actions, "C") == []
 
 
-def test_restart_restores_held_rooms_and_rejoins_since_last(tmp_path):
-    r, archive = setup(tmp_path)
-    complete_first_join(r)
+def test_restart_restores_held_rooms_and_rejoins_since_last():
+    r, archive = setup()
+    for effect in complete_first_join(r):
+        if isinstance(effect, HoldRoom):
+            archive.hold(effect.room)  # as the Account's executor does
     again = MucRouter(archive)
     again.restore()
     (join_el,) = [a.element for a in again.rejoin_all()]
@@ -227,8 +241,8 @@ def test_restart_restores_held_rooms_and_rejoins_since_last(tmp_path):
     assert join_el.get("to") == f"{ROOM}/alice" and hist is not None and hist.get("since")
 
 
-def test_rejoin_after_upstream_outage_shows_sessions_only_what_changed(tmp_path):
-    r, _ = setup(tmp_path)
+def test_rejoin_after_upstream_outage_shows_sessions_only_what_changed():
+    r, _ = setup()
     complete_first_join(r)
     r.upstream_down()
     actions = r.upstream_established(UP, resumed=False)
@@ -243,24 +257,25 @@ def test_rejoin_after_upstream_outage_shows_sessions_only_what_changed(tmp_path)
     assert summary == [(f"{ROOM}/dave", None), (f"{ROOM}/carol", "unavailable")]
 
 
-def test_failed_rejoin_tells_sessions_333(tmp_path):
-    r, archive = setup(tmp_path)
+def test_failed_rejoin_tells_sessions_333():
+    r, archive = setup()
     complete_first_join(r)
     r.upstream_established(UP, resumed=False)
     err = x(f"<presence from='{ROOM}/alice' to='{UP}' type='error'><error type='auth'><forbidden xmlns='{ns.STANZA_ERRORS}'/></error></presence>")
-    (gone,) = to(r.from_upstream(err, 200.0), "A")
+    actions = r.from_upstream(err, 200.0)
+    (gone,) = to(actions, "A")
     assert gone.get("type") == "unavailable" and {"110", "333"} <= {s.get("code") for s in gone.iter(f"{{{MUC_USER}}}status")}
-    assert ROOM not in r.muc.rooms and archive.held() == []
+    assert ROOM not in r.muc.rooms and released(actions) == [ROOM]
 
 
-def test_service_shutdown_332_rejoins_with_backoff(tmp_path):
-    r, archive = setup(tmp_path)
+def test_service_shutdown_332_rejoins_with_backoff():
+    r, archive = setup()
     complete_first_join(r)
     actions = r.from_upstream(occupant("alice", ptype="unavailable", codes=("110", "332")), 300.0)
     assert len(to(actions, "A")) == 1 and up(actions) == []
     assert r.muc.due(303.0) == []  # not yet
     (again,) = up(r.muc.due(306.0))
-    assert again.get("to") == f"{ROOM}/alice" and archive.held()  # still held, joining again
+    assert again.get("to") == f"{ROOM}/alice" and ROOM in r.muc.rooms  # still held, joining again
     down = x(f"<presence from='{ROOM}/alice' to='{UP}' type='error'><error type='cancel'><service-unavailable xmlns='{ns.STANZA_ERRORS}'/></error></presence>")
     r.from_upstream(down, 306.0)
     assert r.muc.due(310.0) == [] and len(up(r.muc.due(317.0))) == 1  # 10 s the second time
@@ -268,8 +283,8 @@ def test_service_shutdown_332_rejoins_with_backoff(tmp_path):
     assert r.muc.rooms[ROOM].rejoin_delay == 0.0
 
 
-def test_session_going_unavailable_leaves_its_rooms_quietly(tmp_path):
-    r, _ = setup(tmp_path)
+def test_session_going_unavailable_leaves_its_rooms_quietly():
+    r, _ = setup()
     complete_first_join(r)
     join(r, "B")
     actions = r.from_session("B", x(f"<presence from='{ACCOUNT}/B' type='unavailable'/>"), 0)
@@ -278,8 +293,8 @@ def test_session_going_unavailable_leaves_its_rooms_quietly(tmp_path):
     assert to(r.from_upstream(groupchat("bob", "later", "s20"), 110.0), "B") == []
 
 
-def test_account_self_pings_after_silence_and_rejoins_when_forgotten(tmp_path):
-    r, _ = setup(tmp_path)
+def test_account_self_pings_after_silence_and_rejoins_when_forgotten():
+    r, _ = setup()
     complete_first_join(r)  # the room last spoke at 100.0
     assert r.muc.due(100.0 + 899) == []
     (ping,) = up(r.muc.due(100.0 + 901))
@@ -293,16 +308,16 @@ def test_account_self_pings_after_silence_and_rejoins_when_forgotten(tmp_path):
     assert rejoin.get("to") == f"{ROOM}/alice" and rejoin.find(f"{{{ns.MUC}}}x") is not None
 
 
-def test_self_ping_result_means_still_joined(tmp_path):
-    r, _ = setup(tmp_path)
+def test_self_ping_result_means_still_joined():
+    r, _ = setup()
     complete_first_join(r)
     (ping,) = up(r.muc.due(2000.0))
     ok = x(f"<iq type='result' id='{ping.get('id')}' from='{ROOM}/alice' to='{UP}'/>")
     assert r.from_upstream(ok, 2001.0) == [] and r.muc.due(2002.0) == []
 
 
-def test_rejoin_catches_up_from_room_mam_after_the_last_archived_id(tmp_path):
-    r, archive = setup(tmp_path)
+def test_rejoin_catches_up_from_room_mam_after_the_last_archived_id():
+    r, archive = setup()
     complete_first_join(r)  # archived s1
     r.upstream_established(UP, resumed=False)
     for el in (occupant("bob"), occupant("alice", codes=("110",))):

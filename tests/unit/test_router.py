@@ -5,8 +5,9 @@ from __future__ import annotations
 from lxml import etree
 
 from bouncer.xmpp import ns
-from bouncer.actions import CloseSession, Deliver, FlushStored, Store, ToUpstream
-from bouncer.router import Router, RouterSettings
+from bouncer.core.effects import Bound, CloseSession, Deliver, FlushStored, Store, ToUpstream
+from bouncer.account.router import Router
+from support.ports import RecordingPort, bind, new_router
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -19,7 +20,7 @@ def x(text: str) -> etree._Element:
 
 
 def router(up=True) -> Router:
-    r = Router(RouterSettings(account=ACCOUNT, iq_timeout=30))
+    r = new_router(ACCOUNT)
     if up:
         r.upstream_established(UP, resumed=False)
     return r
@@ -30,12 +31,12 @@ def from_up(r: Router, el: etree._Element):
 
 
 def session(r: Router, res: str, *, available=True, carbons=False):
-    s, _ = r.bind(res)
+    port = bind(r, res)
     if available:
         r.from_session(res, x(f"<presence from='{ACCOUNT}/{res}'/>"), 0)
     if carbons:
         r.from_session(res, x(f"<iq type='set' id='c' from='{ACCOUNT}/{res}'><enable xmlns='{ns.CARBONS}'/></iq>"), 0)
-    return s
+    return port
 
 
 def delivered(actions) -> dict[str, list[bytes]]:
@@ -71,7 +72,7 @@ def test_message_with_nobody_connected_is_stored_chat_states_are_not():
 def test_first_presence_replays_contacts_and_flushes_store():
     r = router()
     from_up(r, x(f"<presence from='bob@example.org/x' to='{UP}'><show>dnd</show></presence>"))
-    r.bind("a")
+    bind(r, "a")
     actions = r.from_session("a", x(f"<presence from='{ACCOUNT}/a'/>"), 0)
     assert b"bob@example.org/x" in delivered(actions)["a"][0]
     assert FlushStored("a") in actions
@@ -153,9 +154,9 @@ def test_account_presence_is_most_available_and_idle_when_nobody():
     assert up[0].findtext("{jabber:client}show") == "xa"
     up = upstream(r.from_session("b", x(f"<presence from='{ACCOUNT}/b'><status>here</status></presence>"), 0))
     assert up[0].findtext("{jabber:client}show") is None and up[0].findtext("{jabber:client}status") == "here"
-    up = upstream(r.session_gone("b", b.token))
+    up = upstream(r.session_gone(b))
     assert up[0].findtext("{jabber:client}show") == "xa"
-    up = upstream(r.session_gone("a", a.token))
+    up = upstream(r.session_gone(a))
     assert up[0].get("type") is None and up[0].findtext("{jabber:client}show") == "away"  # idle, never unavailable
 
 
@@ -185,10 +186,11 @@ def test_upstream_down_queues_messages_and_fails_iqs():
 def test_bind_conflict_replaces_the_old_session():
     r = router()
     old = session(r, "phone")
-    new, actions = r.bind("phone")
-    assert CloseSession("phone", old.token, "conflict") in actions
-    assert r.session_gone("phone", old.token) == []  # the old one's late goodbye changes nothing
-    assert r.sessions["phone"] is new
+    new = RecordingPort(ACCOUNT)
+    actions = r.bind(new, "phone")
+    assert CloseSession(old, "conflict") in actions and Bound(new, "phone") in actions
+    assert r.session_gone(old) == []  # the old one's late goodbye changes nothing
+    assert r.sessions["phone"].port is new
 
 
 def test_messages_between_own_sessions_stay_local():
@@ -215,9 +217,9 @@ def test_incoming_iq_is_answered_or_routed():
 
 def test_disco_with_caps_node_goes_to_the_session_that_advertised_it():
     r = router()
-    r.bind("a")
+    bind(r, "a")
     r.from_session("a", x(f"<presence from='{ACCOUNT}/a'/>"), 0)
-    r.bind("b")
+    bind(r, "b")
     caps = f"<c xmlns='{ns.CAPS}' hash='sha-1' node='https://dino.im' ver='abc='/>"
     r.from_session("b", x(f"<presence from='{ACCOUNT}/b'>{caps}</presence>"), 0)
     query = x(f"<iq type='get' id='d' from='bob@example.org/x' to='{UP}'><query xmlns='{ns.DISCO_INFO}' node='https://dino.im#abc='/></iq>")
@@ -227,7 +229,7 @@ def test_disco_with_caps_node_goes_to_the_session_that_advertised_it():
 def test_contacts_presence_waits_for_the_roster_the_session_asked_for():
     r = router()
     from_up(r, x(f"<presence from='bob@example.org/x' to='{UP}'/>"))
-    r.bind("a")
+    bind(r, "a")
     (roster_get,) = upstream(r.from_session("a", x(f"<iq type='get' id='r1' from='{ACCOUNT}/a'><query xmlns='{ns.ROSTER}'/></iq>"), 0))
     actions = r.from_session("a", x(f"<presence from='{ACCOUNT}/a'/>"), 0)
     assert b"bob@example.org/x" not in b"".join(delivered(actions).get("a", []))  # not before the roster

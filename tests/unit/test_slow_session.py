@@ -9,12 +9,17 @@ from bouncer.c2s.connection import Connection
 from bouncer.c2s.stream import ServerStream, StreamSettings
 from bouncer.c2s.throttle import LoginThrottle
 from bouncer.config import LimitsConfig
+from bouncer.core.events import SessionClosed
 from bouncer.credentials import Credentials
 
 
 class NoAccount:
-    def connection_closed(self, conn) -> None:
-        self.closed = True
+    """The account's entrance, seeing only the connection end."""
+
+    closed = False
+
+    def __call__(self, event) -> None:
+        self.closed = self.closed or isinstance(event, SessionClosed)
 
 
 STANZA = b"<message xmlns='jabber:client' type='chat'><body>" + b"x" * 1000 + b"</body></message>"

@@ -1,23 +1,45 @@
-"""SQLite storage: schema migration and the offline store."""
+"""Storage: the SQLite schema and stores, and the in-memory doubles held to the same contract."""
 
 from __future__ import annotations
 
 import os
 import stat
 
+import pytest
+
+from bouncer.core.ports import HeldRoom
+from bouncer.storage.archive import SqliteArchive
 from bouncer.storage.db import MIGRATIONS, open_database
-from bouncer.storage.offline import OfflineStore
+from bouncer.storage.in_memory import MemoryArchive, MemoryOffline
+from bouncer.storage.offline import SqliteOffline
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def archive(request, tmp_path):
+    return SqliteArchive(open_database(tmp_path / "a.sqlite")) if request.param == "sqlite" else MemoryArchive()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def offline(request, tmp_path):
+    return SqliteOffline(open_database(tmp_path / "o.sqlite")) if request.param == "sqlite" else MemoryOffline()
+
+
+def test_offline_store_keeps_arrival_order_until_deleted(offline):
+    ids = [offline.add(f"<m n='{i}'/>".encode(), 100.0 + i) for i in range(3)]
+    assert [p.id for p in offline.pending()] == ids and offline.pending()[1].received == 101.0
+    offline.delete(ids[:2])
+    assert [p.stanza for p in offline.pending()] == [b"<m n='2'/>"] and offline.count() == 1
 
 
 def test_created_on_first_open_and_reopened_without_loss(tmp_path):
     path = tmp_path / "b.sqlite"
     db = open_database(path)
-    store = OfflineStore(db)
+    store = SqliteOffline(db)
     ids = [store.add(f"<m n='{i}'/>".encode(), 100.0 + i) for i in range(3)]
     db.close()
     db = open_database(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    store = OfflineStore(db)
+    store = SqliteOffline(db)
     pending = store.pending()
     assert [p.id for p in pending] == ids and pending[0].stanza == b"<m n='0'/>" and pending[2].received == 102.0
     store.delete(ids[:2])
@@ -37,17 +59,14 @@ def test_newer_schema_is_refused(tmp_path):
         raise AssertionError("opened a database from a newer bouncer")
 
 
-def test_archive_retention_by_count_and_age(tmp_path):
-    from bouncer.storage.archive import HeldRoom, RoomArchive
-
-    archive = RoomArchive(open_database(tmp_path / "a.sqlite"), max_age_days=1, max_messages=3)
+def test_archive_retention_by_count_and_age(archive):
     for i in range(5):
         assert archive.store("r@m", f"s{i}", 1000.0 + i, "bob", b"<m/>")
     assert not archive.store("r@m", "s4", 2000.0, "bob", b"<m/>")  # same stanza-id: kept once
     archive.store("other@m", "s0", 1000.0, "bob", b"<m/>")
-    assert archive.prune("r@m", now=1010.0) == 2
+    assert archive.prune("r@m", 1010.0, 1, 3) == 2
     assert [m.stanza_id for m in archive.latest("r@m", 10)] == ["s2", "s3", "s4"]
-    assert archive.prune("r@m", now=1000.0 + 86400 + 3.5) == 2  # older than a day
+    assert archive.prune("r@m", 1000.0 + 86400 + 3.5, 1, 3) == 2  # older than a day
     assert archive.count("r@m") == 1 and archive.count("other@m") == 1
     archive.hold(HeldRoom("r@m", "alice", None))
     archive.hold(HeldRoom("r@m", "alicia", "pw"))
@@ -56,10 +75,7 @@ def test_archive_retention_by_count_and_age(tmp_path):
     assert archive.held() == []
 
 
-def test_archive_pages_like_rsm(tmp_path):
-    from bouncer.storage.archive import RoomArchive
-
-    archive = RoomArchive(open_database(tmp_path / "a.sqlite"))
+def test_archive_pages_like_rsm(archive):
     for i in range(5):
         archive.store("r@m", f"s{i}" if i != 2 else None, 100.0 + i, "bob" if i % 2 else "carol", f"<m n='{i}'/>".encode())
     ids = lambda page: [m.archive_id for m in page[0]]  # noqa: E731
@@ -77,10 +93,7 @@ def test_archive_pages_like_rsm(tmp_path):
     assert archive.page("r@m", limit=2, after="nope") is None
 
 
-def test_place_moves_a_known_message_to_the_rooms_order(tmp_path):
-    from bouncer.storage.archive import RoomArchive
-
-    archive = RoomArchive(open_database(tmp_path / "a.sqlite"))
+def test_place_moves_a_known_message_to_the_rooms_order(archive):
     archive.store("r@m", "late", 100.0, "bob", b"<m n='late'/>")  # arrived first (history)
     assert archive.place("r@m", "early", 100.1, "bob", b"<m n='early'/>") is True
     assert archive.place("r@m", "late", 100.2, "bob", b"<m n='late'/>") is False  # known: moved, not copied
@@ -92,9 +105,18 @@ def test_database_files_are_owner_only_whatever_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         db = open_database(tmp_path / "b.sqlite")
-        OfflineStore(db).add(b"<message/>", 1.0)
+        SqliteOffline(db).add(b"<message/>", 1.0)
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
         db.close()
     finally:
         os.umask(old)
     assert modes == {"b.sqlite": 0o600, "b.sqlite-wal": 0o600, "b.sqlite-shm": 0o600}
+
+
+def test_archive_latest_and_last_ids(archive):
+    assert archive.last_ts("r@m") is None and archive.last_stanza_id("r@m") is None
+    for i, sid in enumerate(["a", None, "c", None]):
+        archive.store("r@m", sid, 10.0 + i, "bob", b"<m/>")
+    assert [m.ts for m in archive.latest("r@m", 2)] == [12.0, 13.0]
+    assert [m.ts for m in archive.latest("r@m", 10, since=11.5)] == [12.0, 13.0]
+    assert archive.last_ts("r@m") == 13.0 and archive.last_stanza_id("r@m") == "c"

@@ -1,26 +1,25 @@
 """Pure routing decisions between the downstream sessions and the upstream session.
 
-The Router holds the routing tables (sessions, IQs in flight, the contacts'
-presence, what waits for the upstream) and turns each input into a list of
-actions; the Account executes them. It never touches a socket or a clock
+The Router holds the routing tables (the one table of sessions, IQs in flight,
+the contacts' presence, what waits for the upstream) and turns each input into a
+list of effects; the Account executes them. It never touches a socket or a clock
 (``now`` is passed in), so every rule of SPEC §5 is unit-tested directly.
 Stages follow Prosody's stanza_router: stamp, classify the recipient, dispatch.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
 from lxml import etree
 
-from bouncer import carbons, local_iq, presence
-from bouncer.xmpp import ids, jid, ns, stanza
-from bouncer.actions import Action, CloseSession, Deliver, FlushStored, Store, ToUpstream
-from bouncer.iqtrack import IqTracker
+from bouncer.account.iqtrack import IqTracker
+from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushStored, Store, ToUpstream
+from bouncer.core.ports import SessionPort
 from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
+from bouncer.xmpp import carbons, ids, jid, local_iq, ns, presence, stanza
 from bouncer.xmpp.ns import q
 
 Element = etree._Element
@@ -28,11 +27,14 @@ Element = etree._Element
 
 @dataclass
 class Session:
+    """A bound downstream session: its connection and what routing knows of it."""
+
     resource: str
     jid: str
-    token: int
+    port: SessionPort  # its connection; identity tells a session from its replacement
     presence: Element | None = None  # last available broadcast presence; None: not available
     carbons: bool = False
+    csi_active: bool = True  # XEP-0352: a session starts active
     # Contacts' presences wait for this roster request's answer: a server answers the
     # roster before presences arrive, and clients (poezio) drop presences of contacts
     # they do not know yet.
@@ -51,16 +53,15 @@ class RouterSettings:
 @dataclass
 class Router:
     settings: RouterSettings
+    muc: MucRouter
     sessions: dict[str, Session] = field(default_factory=dict)
     upstream_jid: str | None = None
     upstream_up: bool = False
     contacts: dict[str, Element] = field(default_factory=dict)  # full JID -> available presence
     peers: dict[str, str] = field(default_factory=dict)  # bare JID -> session that last wrote to it
-    queue: deque[Element] = field(default_factory=deque)
-    muc: MucRouter | None = None
+    queue: deque[Element] = field(default_factory=deque)  # waits for the upstream; only the Router writes it
     iqs: IqTracker = field(init=False)
     sent_presence: bytes | None = None  # the account's presence as the server last got it
-    _tokens: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.iqs = IqTracker(self.settings.iq_timeout)
@@ -69,41 +70,62 @@ class Router:
     def account(self) -> str:
         return self.settings.account
 
+    def reconfigure(self, settings: RouterSettings) -> None:
+        """New settings (SIGHUP); IQs already in flight keep their deadline."""
+        self.settings = settings
+        self.iqs.timeout = settings.iq_timeout
+
+    def session_of(self, port: SessionPort) -> Session | None:
+        """The session this connection is, if it is bound and not replaced."""
+        for session in self.sessions.values():
+            if session.port is port:
+                return session
+        return None
+
     # ---- sessions ----------------------------------------------------------
-    def bind(self, requested: str | None) -> tuple[Session, list[Action]]:
+    def bind(self, port: SessionPort, requested: str | None) -> list[Effect]:
         """Register a new session; a resource in use replaces its holder (SPEC §3)."""
         upstream_res = jid.resource(self.upstream_jid or "")
         resource = requested if requested and requested != upstream_res else ids.token("res")
-        actions: list[Action] = []
+        actions: list[Effect] = []
         old = self.sessions.get(resource)
         if old is not None:
-            actions += self.session_gone(resource, old.token)
-            actions.append(CloseSession(resource, old.token, "conflict"))
-        session = Session(resource, f"{self.account}/{resource}", next(self._tokens))
-        self.sessions[resource] = session
-        return session, actions
+            actions += self.session_gone(old.port)
+            actions.append(CloseSession(old.port, "conflict"))
+        self.sessions[resource] = Session(resource, f"{self.account}/{resource}", port)
+        return actions + [Bound(port, resource)]
 
-    def session_gone(self, resource: str, token: int) -> list[Action]:
-        session = self.sessions.get(resource)
-        if session is None or session.token != token:
-            return []  # already replaced by a newer bind
+    def session_gone(self, port: SessionPort) -> list[Effect]:
+        """A connection ended (or was replaced): it leaves, as far as anyone can tell."""
+        session = self.session_of(port)
+        if session is None:
+            return []  # never bound, or already replaced by a newer bind
+        resource = session.resource
         del self.sessions[resource]
         self.iqs.drop_session(resource)
-        actions: list[Action] = self.muc.session_gone(resource) if self.muc is not None else []
+        actions: list[Effect] = self.muc.session_gone(resource)
         if session.presence is not None:
             gone = stanza.make("presence", type="unavailable", from_=session.jid)
             actions.append(Deliver(self._available(), gone))
             actions += self._account_presence()
         return actions
 
+    def nonza(self, port: SessionPort, el: Element) -> list[Effect]:
+        """CSI state is recorded (its filtering comes with SPEC §9); anything else is refused."""
+        session = self.session_of(port)
+        if session is not None and el.tag in (q(ns.CSI, "active"), q(ns.CSI, "inactive")):
+            session.csi_active = el.tag == q(ns.CSI, "active")
+            return []
+        return [CloseSession(port, "unsupported-stanza-type", f"unexpected {el.tag}")]
+
     # ---- from a session ----------------------------------------------------
-    def from_session(self, resource: str, el: Element, now: float) -> list[Action]:
+    def from_session(self, resource: str, el: Element, now: float) -> list[Effect]:
         """Route a stanza a bound session sent (its ``from`` already stamped)."""
         session = self.sessions[resource]
         to = el.get("to")
         if to is not None and self._is_sibling(to):
             return [Deliver((jid.resource(to),), el)]  # type: ignore[arg-type]
-        if self.muc is not None and self.muc.wants_outgoing(el):
+        if self.muc.wants_outgoing(el):
             decided = self.muc.from_session(resource, session.jid, el, now)
             if decided is not None:
                 return decided
@@ -113,18 +135,18 @@ class Router:
             return self._session_presence(session, el)
         return self._session_iq(session, el, now)
 
-    def _session_message(self, session: Session, el: Element) -> list[Action]:
+    def _session_message(self, session: Session, el: Element) -> list[Effect]:
         to = el.get("to")
         if to is not None:
             self.peers[jid.bare(to)] = session.resource
-        actions: list[Action] = []
+        actions: list[Effect] = []
         if carbons.should_copy_sent(el):
             siblings = tuple(r for r, s in self.sessions.items() if s.carbons and r != session.resource)
             if siblings:
                 actions.append(Deliver(siblings, carbons.sent_carbon(el, self.account)))
         return actions + self._upstream(el, session)
 
-    def _session_presence(self, session: Session, el: Element) -> list[Action]:
+    def _session_presence(self, session: Session, el: Element) -> list[Effect]:
         if not presence.is_broadcast(el):
             if el.get("to") is not None:
                 self.peers[jid.bare(el.get("to"))] = session.resource
@@ -133,24 +155,24 @@ class Router:
         session.presence = None if el.get("type") == "unavailable" else el
         el.set("to", session.jid)  # re-addressed to each sibling, as a server broadcasts
         others = tuple(r for r in self._available() if r != session.resource)
-        actions: list[Action] = [Deliver(others, el)] if others else []
+        actions: list[Effect] = [Deliver(others, el)] if others else []
         if first:
             session.replay_after = self.iqs.roster_get_of(session.resource)
             if session.replay_after is None:
                 actions += self._replay_presences(session)
             actions.append(FlushStored(session.resource))
-        if el.get("type") == "unavailable" and self.muc is not None:
+        if el.get("type") == "unavailable":
             # Going unavailable leaves every room, as a server ends directed presence.
             actions += self.muc.session_gone(session.resource)
         return actions + self._account_presence()
 
-    def _replay_presences(self, session: Session) -> list[Action]:
+    def _replay_presences(self, session: Session) -> list[Effect]:
         """What a server sends a resource after its initial presence: contacts and siblings."""
         me = (session.resource,)
         siblings = [s.presence for r, s in self.sessions.items() if r != session.resource and s.presence is not None]
         return [Deliver(me, p) for p in [*self.contacts.values(), *siblings]]
 
-    def _session_iq(self, session: Session, el: Element, now: float) -> list[Action]:
+    def _session_iq(self, session: Session, el: Element, now: float) -> list[Effect]:
         to = el.get("to")
         if stanza.is_error_or_result(el):
             if ids.is_ours(el.get("id"), "push") or ids.is_ours(el.get("id"), "idle"):
@@ -168,16 +190,15 @@ class Router:
             self.peers[jid.bare(to)] = session.resource
         if not self.upstream_up:
             return [Deliver((session.resource,), stanza.error_reply(el, "remote-server-timeout", "upstream is reconnecting"))]
-        if self.muc is not None and to is not None and jid.resource(to) is None and self.muc.holds(to):
+        if to is not None and jid.resource(to) is None and self.muc.holds(to):
             return self._room_iq(session, el, now)
         server = to is None or jid.bare(to) in (self.account, jid.domain(self.account))
         augment = "server" if server and local_iq.is_disco_info_get(el) else None
         return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, augment=augment))]
 
-    def _room_iq(self, session: Session, el: Element, now: float) -> list[Action]:
+    def _room_iq(self, session: Session, el: Element, now: float) -> list[Effect]:
         """An IQ to a held room: MAM the archive serves itself, or upstream, remembering
         what to add to a disco#info answer and what to fall back on if MAM fails."""
-        assert self.muc is not None
         is_mam = mam.parse(el) is not None
         if is_mam and self.muc.serves_mam(el.get("to", "")):
             return [Deliver((session.resource,), answer) for answer in self.muc.mam_answer(el)]
@@ -187,13 +208,13 @@ class Router:
         return [ToUpstream(outbound)]
 
     # ---- from upstream -----------------------------------------------------
-    def from_upstream(self, el: Element, now: float) -> list[Action]:
+    def from_upstream(self, el: Element, now: float) -> list[Effect]:
         if el.tag == stanza.IQ:
             return self._upstream_iq(el, now)
         owner = self.iqs.mam_result(el) if el.tag == stanza.MESSAGE else None
         if owner is not None:
             return [Deliver((owner,), el)] if owner in self.sessions else []
-        if self.muc is not None and self.muc.wants_incoming(el):
+        if self.muc.wants_incoming(el):
             decided = self.muc.from_upstream(el, now)
             if decided is not None:
                 return decided
@@ -203,19 +224,19 @@ class Router:
             return self._upstream_presence(el)
         return []
 
-    def _upstream_iq(self, el: Element, now: float) -> list[Action]:
+    def _upstream_iq(self, el: Element, now: float) -> list[Effect]:
         if stanza.is_error_or_result(el):
             upstream_id = el.get("id", "")
             entry = self.iqs.inbound(el)
-            if entry is None and self.muc is not None:
+            if entry is None:
                 return self.muc.own_answer(el, now) or []
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
-            if entry.fallback is not None and el.get("type") == "error" and self.muc is not None:
+            if entry.fallback is not None and el.get("type") == "error":
                 return [Deliver((entry.resource,), a) for a in self.muc.mam_answer(entry.fallback)]
             if entry.augment == "server" and el.get("type") == "result":
                 local_iq.augment_disco(el)
-            elif entry.augment == "room" and el.get("type") == "result" and self.muc is not None:
+            elif entry.augment == "room" and el.get("type") == "result":
                 self.muc.room_features(el)
             return [Deliver((entry.resource,), el)] + self._after_roster(upstream_id)
         body = stanza.payload(el)
@@ -223,7 +244,7 @@ class Router:
             # Roster push: the bouncer acknowledges it once and tells every session.
             push = stanza.clone(el)
             push.set("id", ids.new("push"))
-            actions: list[Action] = [ToUpstream(stanza.iq_result(el))]
+            actions: list[Effect] = [ToUpstream(stanza.iq_result(el))]
             return actions + ([Deliver(tuple(self.sessions), push)] if self.sessions else [])
         answer = local_iq.answer(el)
         if answer is not None:
@@ -245,13 +266,13 @@ class Router:
         available = self._available()
         return available[-1] if available else None
 
-    def _upstream_message(self, el: Element) -> list[Action]:
+    def _upstream_message(self, el: Element) -> list[Effect]:
         if carbons.is_carbon(el) and jid.same_bare(el.get("from"), self.account) and jid.resource(el.get("from", "")) is None:
             targets = tuple(r for r, s in self.sessions.items() if s.carbons and s.presence is not None)
             return [Deliver(targets, el)] if targets else [Store(el)]
         return self._to_interested(el, keep=_worth_keeping(el))
 
-    def _upstream_presence(self, el: Element) -> list[Action]:
+    def _upstream_presence(self, el: Element) -> list[Effect]:
         sender = el.get("from", "")
         if sender == self.upstream_jid:
             return []  # the server echoing our own presence
@@ -263,17 +284,17 @@ class Router:
             self.contacts.pop(sender, None)
         return self._to_interested(el, keep=False)
 
-    def _to_interested(self, el: Element, *, keep: bool) -> list[Action]:
+    def _to_interested(self, el: Element, *, keep: bool) -> list[Effect]:
         targets = self._available()
         if targets:
             return [Deliver(targets, el)]
         return [Store(el)] if keep else []
 
     # ---- upstream lifecycle ------------------------------------------------
-    def upstream_established(self, full_jid: str, resumed: bool) -> list[Action]:
+    def upstream_established(self, full_jid: str, resumed: bool) -> list[Effect]:
         self.upstream_jid = full_jid
         self.upstream_up = True
-        actions: list[Action] = []
+        actions: list[Effect] = []
         if not resumed:
             # A new session: the server forgot our presence and carbons state,
             # and IQs sent on the old stream will never be answered.
@@ -291,9 +312,8 @@ class Router:
             stanza.child(roster, ns.ROSTER, "query")
             actions += [ToUpstream(enable), ToUpstream(roster)]
             actions += self._account_presence()
-            if self.muc is not None:
-                actions += self.muc.rejoin_all()
-        elif self.muc is not None:
+            actions += self.muc.rejoin_all()
+        else:
             # Resumed: rooms the server still holds us in need nothing; a room held
             # but never joined in this process (a restart without its cached state) does.
             actions += self.muc.join_unjoined()
@@ -304,15 +324,23 @@ class Router:
     def upstream_down(self) -> None:
         self.upstream_up = False
 
-    def expire(self, now: float) -> list[Action]:
+    def upstream_refused(self, el: Element) -> None:
+        """The link had no stream after all (it just went down): the stanza waits for the next."""
+        self.queue.append(el)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Time-driven work: IQ timeouts, room rejoins and self-pings."""
+        return self.expire(now) + self.muc.due(now)
+
+    def expire(self, now: float) -> list[Effect]:
         """Errors for IQs whose answer did not come in time (SPEC §5)."""
-        actions: list[Action] = []
+        actions: list[Effect] = []
         for upstream_id, entry in self.iqs.expired(now):
             actions += self._iq_timeout_error(entry, upstream_id)
         return actions
 
     # ---- helpers -----------------------------------------------------------
-    def _after_roster(self, upstream_id: str) -> list[Action]:
+    def _after_roster(self, upstream_id: str) -> list[Effect]:
         """The presences a session's first presence held back until its roster arrived."""
         for session in self.sessions.values():
             if session.replay_after == upstream_id:
@@ -320,13 +348,13 @@ class Router:
                 return self._replay_presences(session) if session.presence is not None else []
         return []
 
-    def _iq_timeout_error(self, entry, upstream_id: str = "") -> list[Action]:
+    def _iq_timeout_error(self, entry, upstream_id: str = "") -> list[Effect]:
         if entry.resource not in self.sessions:
             return []
         probe = stanza.make("iq", type="get", id=entry.original_id, to=entry.original_to, from_=self.sessions[entry.resource].jid)
         return [Deliver((entry.resource,), stanza.error_reply(probe, "remote-server-timeout"))] + self._after_roster(upstream_id)
 
-    def _upstream(self, el: Element, session: Session) -> list[Action]:
+    def _upstream(self, el: Element, session: Session) -> list[Effect]:
         """Send upstream now, or queue while it reconnects; past the cap, say so."""
         if self.upstream_up:
             return [ToUpstream(stanza.without_from(el))]
@@ -337,11 +365,11 @@ class Router:
             return []  # errors and results are never answered
         return [Deliver((session.resource,), stanza.error_reply(el, "recipient-unavailable", "upstream queue is full"))]
 
-    def refresh_presence(self) -> list[Action]:
+    def refresh_presence(self) -> list[Effect]:
         """The aggregate presence, recomputed from current settings."""
         return self._account_presence()
 
-    def _account_presence(self) -> list[Action]:
+    def _account_presence(self) -> list[Effect]:
         """The aggregate presence upstream, sent only when it changed."""
         if not self.upstream_up:
             return []  # sent on (re)establishment

@@ -12,24 +12,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from bouncer.muc.room import Phase, Room
-from bouncer.router import Router
+from bouncer.muc.room import Room, RoomPhase
+from bouncer.account.router import Router
 from bouncer.xmpp import stanza
 
 
 def dump(router: Router) -> dict[str, Any]:
     """What the account knows of contacts and joined rooms, as plain data."""
     rooms = {}
-    if router.muc is not None:
-        for room in router.muc.rooms.values():
-            if room.phase is Phase.JOINED and room.self_presence is not None:
-                rooms[room.jid] = {
-                    "occupants": {nick: _text(el) for nick, el in room.occupants.items()},
-                    "self": _text(room.self_presence),
-                    "subject": _text(room.subject) if room.subject is not None else None,
-                    "own_mam": room.own_mam,
-                    "sent": room.sent_presence.decode() if room.sent_presence else None,
-                }
+    for room in router.muc.rooms.values():
+        if room.phase is RoomPhase.JOINED and room.self_presence is not None:
+            rooms[room.jid] = {
+                "occupants": {nick: _text(el) for nick, el in room.occupants.items()},
+                "self": _text(room.self_presence),
+                "subject": _text(room.subject) if room.subject is not None else None,
+                "own_mam": room.own_mam,
+                "sent": room.sent_presence.decode() if room.sent_presence else None,
+            }
     return {
         "contacts": {full: _text(el) for full, el in router.contacts.items()},
         "sent_presence": router.sent_presence.decode() if router.sent_presence else None,
@@ -44,7 +43,7 @@ def load(router: Router, data: dict[str, Any]) -> int:
     router.sent_presence = sent.encode() if sent else None
     restored = 0
     for jid_, saved in data.get("rooms", {}).items():
-        room = router.muc.rooms.get(jid_) if router.muc is not None else None
+        room = router.muc.rooms.get(jid_)
         if room is None:
             continue  # left meanwhile
         _restore_room(room, saved)
@@ -58,7 +57,7 @@ def _restore_room(room: Room, saved: dict[str, Any]) -> None:
     room.subject = _element(saved["subject"]) if saved.get("subject") else None
     room.own_mam = bool(saved.get("own_mam"))
     room.sent_presence = saved["sent"].encode() if saved.get("sent") else None
-    room.phase = Phase.JOINED
+    room.phase = RoomPhase.JOINED
 
 
 def _text(el) -> str:

@@ -1,0 +1,1 @@
+"""The account: the one owner of state; every event enters through Account.handle."""

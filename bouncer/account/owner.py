@@ -1,0 +1,245 @@
+"""The Account: the one owner of the bouncer's state, and the one entrance for events.
+
+Socket read loops, the upstream link and the process's timer and SIGHUP handler
+turn what happens into ``core.events`` and call ``handle``; the Router (and its
+MUC part) decides and returns ``core.effects``; ``_execute`` carries them out
+through the ports (sessions, the upstream link, the stores). Everything runs on
+the one event loop, so no locks. A bug in a decision is logged with its traceback
+and costs only that event: the bouncer carries on, and an IQ that caused it is
+answered ``internal-server-error`` so its sender does not wait forever.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+from lxml import etree
+
+from bouncer.account.router import Router, RouterSettings
+from bouncer.core.effects import (
+    Bound, CloseSession, Deliver, Effect, FlushStored, HoldRoom, ReleaseRoom, Store, ToUpstream,
+)
+from bouncer.core.events import (
+    Event, Reconfigure, SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick,
+    UpstreamDown, UpstreamReadHandled, UpstreamStanza, UpstreamUp,
+)
+from bouncer.core.ports import OfflineStore, RoomArchive, SessionPort, Transaction, UpstreamPort
+from bouncer.muc.routing import MucRouter
+from bouncer.muc.state import MucSettings
+from bouncer.xmpp import jid, stanza, wire
+from bouncer.xmpp.wire import Prepared
+
+if TYPE_CHECKING:
+    from bouncer.config import Config
+
+log = structlog.get_logger("bouncer.account")
+
+PRUNE_EVERY = 300.0  # seconds between applications of the archive's retention
+
+
+@dataclass
+class Account:
+    router: Router
+    offline: OfflineStore
+    transaction: Transaction
+    upstream: UpstreamPort | None = None
+    clock: Callable[[], float] = time.time  # wall clock: it stamps archived and stored stanzas
+    _shutting_down: bool = False
+    _pruned_at: float | None = None
+    # Stored ids written to a session's queue but not yet to its socket: not
+    # handed to another session meanwhile, and back in play if this one dies.
+    _flushing: dict[SessionPort, list[int]] = field(default_factory=dict)
+
+    @property
+    def muc(self) -> MucRouter:
+        return self.router.muc
+
+    # ---- the one entrance -------------------------------------------------------
+    def handle(self, event: Event) -> None:
+        """Decide on one event and carry the decision out; a bug costs only this event."""
+        try:
+            self._execute(self._decide(event))
+        except Exception:
+            log.exception("event handler failed", event=type(event).__name__)
+            self._answer_failed(event)
+
+    def _decide(self, event: Event) -> list[Effect]:
+        match event:
+            case SessionStanza(port, element):
+                session = self.router.session_of(port)
+                return [] if session is None else self.router.from_session(session.resource, element, self.clock())
+            case UpstreamStanza(element):
+                self.transaction.begin()
+                return self.router.from_upstream(element, self.clock())
+            case UpstreamReadHandled():
+                self.transaction.commit()
+            case SessionBind(port, requested):
+                return self.router.bind(port, requested)
+            case SessionNonza(port, element):
+                return self.router.nonza(port, element)
+            case SessionClosed(port):
+                return self._session_closed(port)
+            case UpstreamUp(full_jid, resumed):
+                return self.router.upstream_established(full_jid, resumed)
+            case UpstreamDown():
+                self.router.upstream_down()
+            case Tick(now):
+                return self._tick(now)
+            case Reconfigure(config):
+                return self._reconfigure(config)
+            case Shutdown():
+                self._shutting_down = True
+                return [CloseSession(s.port, "system-shutdown") for s in self.router.sessions.values()]
+        return []
+
+    def _session_closed(self, port: SessionPort) -> list[Effect]:
+        self._flushing.pop(port, None)
+        session = self.router.session_of(port)
+        if session is None:
+            return []
+        log.info("session closed", session=session.resource, sessions=len(self.router.sessions) - 1)
+        if self._shutting_down:
+            return []  # the process ends, the clients did not leave: rooms and presence stay as they are
+        return self.router.session_gone(port)
+
+    def _tick(self, now: float) -> list[Effect]:
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            self.muc.prune(now)
+        return self.router.tick(now)
+
+    def _reconfigure(self, config: Config) -> list[Effect]:
+        self.router.reconfigure(router_settings(config))
+        self.muc.reconfigure(muc_settings(config))
+        return self.router.refresh_presence()  # a new idle presence shows at once
+
+    def _answer_failed(self, event: Event) -> None:
+        """Whoever waits on the failed event hears of it: an IQ gets ``internal-server-error``
+        (RFC 6120 §8.3.3.8), a bind that failed ends its stream the same way."""
+        try:
+            match event:
+                case SessionStanza(port, el) if el.tag == stanza.IQ and el.get("type") in ("get", "set"):
+                    port.send_serialized(stanza.serialize(stanza.error_reply(el, "internal-server-error")))
+                case SessionBind(port) if port.jid is None:
+                    port.stream_error("internal-server-error")
+        except Exception:
+            log.exception("error reply failed")
+
+    # ---- what ``bouncer status`` shows ---------------------------------------------
+    def status(self) -> dict:
+        """Sessions, rooms, stored stanzas and the upstream queue (JSON-ready)."""
+        return {
+            "account": self.router.account,
+            "upstream": {"queued": len(self.router.queue)},
+            "sessions": [
+                {
+                    "resource": s.resource,
+                    "client": s.port.address,
+                    "since": s.port.since,
+                    "available": s.presence is not None,
+                    "csi": "active" if s.csi_active else "inactive",
+                    "sm": None,
+                    "rooms": self.muc.joined_by(s.resource),
+                }
+                for s in self.router.sessions.values()
+            ],
+            "rooms": self.muc.status(),
+            "stored": self.offline.count(),
+        }
+
+    # ---- the executor ----------------------------------------------------------------
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Deliver(resources, element):
+                    self._deliver(resources, element)
+                case ToUpstream(element):
+                    if self.upstream is None or not self.upstream.send(element):
+                        self.router.upstream_refused(element)
+                case Bound(port, resource):
+                    port.bound(resource)
+                    log.info("session bound", session=resource, client=port.address, sessions=len(self.router.sessions))
+                case Store(element):
+                    row = self.offline.add(stanza.serialize(element), self.clock())
+                    log.info("stored for later", id=row, kind=stanza.kind(element), sender=element.get("from"))
+                case FlushStored(resource):
+                    self._flush_stored(resource)
+                case CloseSession(port, condition, text):
+                    port.stream_error(condition, text)
+                case HoldRoom(room):
+                    self.muc.state.archive.hold(room)
+                case ReleaseRoom(room_jid):
+                    self.muc.state.archive.release(room_jid)
+
+    def _deliver(self, resources: tuple[str, ...], el: etree._Element | Prepared) -> None:
+        """Send to each session; serialised once, with only ``to`` swapped per session.
+
+        A ``to`` naming a full JID of the account (the upstream one, or a
+        sibling's) becomes each recipient's own full JID.
+        """
+        ports = [s.port for s in map(self.router.sessions.get, resources) if s is not None and s.port.jid]
+        if not ports:
+            return
+        if isinstance(el, etree._Element):
+            to = el.get("to")
+            if to is None or jid.resource(to) is None or not jid.same_bare(to, self.router.account):
+                same = stanza.serialize(el)
+                for port in ports:
+                    port.send_serialized(same)
+                return
+            el = wire.prepare(el)
+        for port in ports:
+            port.send_serialized(el.to(port.jid))  # type: ignore[arg-type]
+
+    def _flush_stored(self, resource: str) -> None:
+        session = self.router.sessions.get(resource)
+        busy = {i for ids in self._flushing.values() for i in ids}
+        stored = [item for item in self.offline.pending() if item.id not in busy]
+        if session is None or not stored:
+            return
+        for item in stored:
+            el = stanza.parse_stored(item.stanza)
+            stanza.add_delay(el, item.received, jid.domain(self.router.account))
+            self._deliver((resource,), el)
+        ids = [item.id for item in stored]
+        port = session.port
+        self._flushing.setdefault(port, []).extend(ids)
+
+        def delivered() -> None:
+            self.offline.delete(ids)
+            self._flushing.pop(port, None)
+
+        port.after_flush(delivered)
+        log.info("delivered stored stanzas", session=resource, count=len(ids))
+
+
+def build_account(config: Config, archive: RoomArchive, offline: OfflineStore, transaction: Transaction) -> Account:
+    """The Account with its Router and room cache over these stores, as the config says."""
+    muc = MucRouter(archive, muc_settings(config))
+    muc.restore()
+    return Account(Router(router_settings(config), muc), offline, transaction)
+
+
+def router_settings(config: Config) -> RouterSettings:
+    return RouterSettings(
+        account=jid.bare(config.upstream.jid),
+        idle_show=config.presence.idle_show,
+        idle_status=config.presence.idle_status,
+        iq_timeout=config.limits.iq_timeout,
+        upstream_queue=config.limits.upstream_queue,
+    )
+
+
+def muc_settings(config: Config) -> MucSettings:
+    """History retention and room behaviour from the config (at start and on SIGHUP)."""
+    return MucSettings(
+        history_default=config.history.default_messages,
+        leave_when_unused=config.muc.leave_when_unused,
+        self_ping_after=config.muc.self_ping_after,
+        max_age_days=config.history.max_age_days,
+        max_messages=config.history.max_messages,
+    )

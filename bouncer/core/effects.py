@@ -1,0 +1,79 @@
+"""What the pure decision code asks the account's executor to do: the vocabulary between them.
+
+Decisions (the router, the MUC code) return lists of these and touch no socket and
+no database; ``Account`` carries them out in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from bouncer.core.ports import HeldRoom, SessionPort
+from bouncer.xmpp.wire import Prepared
+
+Element = etree._Element
+
+
+@dataclass(frozen=True)
+class ToUpstream:
+    element: Element
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send ``element`` to these sessions; a ``to`` naming any full JID of the
+    account is re-addressed to each session's own full JID. A ``Prepared`` stanza
+    was serialised once already (a room's cached occupants) and only gets its ``to``."""
+
+    resources: tuple[str, ...]
+    element: Element | Prepared
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Tell the connection it is now the session ``resource`` (the bind result goes out)."""
+
+    port: SessionPort
+    resource: str
+
+
+@dataclass(frozen=True)
+class Store:
+    """Keep this stanza for the next session (nobody is connected, SPEC §5)."""
+
+    element: Element
+
+
+@dataclass(frozen=True)
+class FlushStored:
+    """Deliver what was stored to this session, which just became available."""
+
+    resource: str
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    """End a connection with a stream error (replaced by a new bind, bad input, shutdown)."""
+
+    port: SessionPort
+    condition: str
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldRoom:
+    """Remember a joined room across restarts."""
+
+    room: HeldRoom
+
+
+@dataclass(frozen=True)
+class ReleaseRoom:
+    """Forget a room the account left or was put out of."""
+
+    jid: str
+
+
+Effect = ToUpstream | Deliver | Bound | Store | FlushStored | CloseSession | HoldRoom | ReleaseRoom

@@ -1,0 +1,137 @@
+"""Sessions joining and leaving held rooms (SPEC §6.1-6.3, §6.7).
+
+The first join of a room goes upstream; later ones are answered locally from
+the room's cache (``replay``) once the account is in. A session leaving (or
+disconnecting) is a local matter unless it was the last and the config says to
+leave; the account's presence in a room is the aggregate of its sessions'.
+"""
+
+from __future__ import annotations
+
+import structlog
+from lxml import etree
+
+from bouncer.core.effects import Deliver, Effect, ReleaseRoom, ToUpstream
+from bouncer.muc import history, replay
+from bouncer.muc.room import JoinRequest, Room, RoomPhase, is_join
+from bouncer.muc.state import MucState
+from bouncer.xmpp import jid, ns, presence, stanza
+from bouncer.xmpp.ns import q
+
+Element = etree._Element
+log = structlog.get_logger("bouncer.muc")
+
+
+def session_presence(state: MucState, resource: str, el: Element, now: float) -> list[Effect] | None:
+    """A session's presence to a room: join, nick change, status, leave; None: not ours."""
+    to = el.get("to", "")
+    room_jid, nick = jid.bare(to), jid.resource(to)
+    room = state.rooms.get(room_jid)
+    if el.get("type") == "unavailable":
+        return None if room is None else leave(state, room, resource, el.get("from", ""))
+    if el.get("type") is not None or nick is None:
+        return None if room is None else [ToUpstream(stanza.without_from(el))]
+    req = _join_request(resource, nick, el)
+    if room is None:
+        return _first_join(state, room_jid, req, el)
+    room.session_presence[resource] = el
+    if room.phase is RoomPhase.JOINING:
+        room.pending[resource] = req
+        return [Deliver((resource,), p) for p in room.occupants.values()]
+    if resource in room.sessions and not is_join(el):
+        if nick != room.nick:
+            room.nick_change_by = resource
+            return [ToUpstream(stanza.without_from(stanza.clone(el)))]
+        return room_presence(room)
+    return _local_join(state, room, req, now) + room_presence(room)
+
+
+def _first_join(state: MucState, room_jid: str, req: JoinRequest, el: Element) -> list[Effect]:
+    x = stanza.find(el, ns.MUC, "x")
+    password = None if x is None else x.findtext(q(ns.MUC, "password"))
+    room = Room(room_jid, req.nick, password, join_sent=True)
+    room.pending[req.resource] = req
+    room.session_presence[req.resource] = el
+    room.sent_presence = stanza.serialize(presence_to_room(room, [el]))
+    state.rooms[room_jid] = room
+    return [ToUpstream(stanza.without_from(stanza.clone(el)))]
+
+
+def _local_join(state: MucState, room: Room, req: JoinRequest, now: float) -> list[Effect]:
+    wanted = history.parse_request(req.history)
+    past = history.select(state.archive, room.jid, wanted, now, state.settings.history_default)
+    room.sessions.add(req.resource)
+    return [Deliver((req.resource,), el) for el in replay.join_answer(room, req, past)]
+
+
+def leave(state: MucState, room: Room, resource: str, session_jid: str) -> list[Effect]:
+    """One session leaves; the room sees nothing unless the account goes too."""
+    was_in = resource in room.sessions or resource in room.pending
+    _forget_session(room, resource)
+    effects: list[Effect] = [Deliver((resource,), replay.leave_presence(room, session_jid))] if was_in else []
+    return effects + _after_departure(state, room)
+
+
+def leave_room(state: MucState, room_jid: str) -> list[Effect]:
+    """Account-level leave: the account itself goes (SPEC §6.3)."""
+    room = state.rooms.pop(room_jid, None)
+    if room is None:
+        return []
+    gone = stanza.make("presence", type="unavailable", to=room.occupant_jid)
+    effects: list[Effect] = [ReleaseRoom(room_jid), ToUpstream(gone)]
+    if room.audience() and room.self_presence is not None:
+        effects.append(Deliver(room.audience(), replay.leave_presence(room, room.self_presence.get("to", ""))))
+    return effects
+
+
+def session_gone(state: MucState, resource: str) -> list[Effect]:
+    """A session disconnected (or went unavailable) without leaving: a leave (SPEC §6.3)."""
+    effects: list[Effect] = []
+    for room in list(state.rooms.values()):
+        if resource in room.sessions or resource in room.pending:
+            _forget_session(room, resource)
+            effects += _after_departure(state, room)
+    return effects
+
+
+def _after_departure(state: MucState, room: Room) -> list[Effect]:
+    """Once a session is out: the account leaves too if configured so, else its presence is updated."""
+    if not room.audience() and state.settings.leave_when_unused:
+        return leave_room(state, room.jid)
+    return room_presence(room)
+
+
+def _forget_session(room: Room, resource: str) -> None:
+    room.sessions.discard(resource)
+    room.pending.pop(resource, None)
+    room.session_presence.pop(resource, None)
+
+
+def room_presence(room: Room) -> list[Effect]:
+    """The account's presence in the room: the aggregate of its sessions' (SPEC §6.7)."""
+    if room.phase is not RoomPhase.JOINED:
+        return []
+    mine = [p for r, p in room.session_presence.items() if r in room.sessions]
+    if not mine:
+        return []
+    agg = presence_to_room(room, mine)
+    wire = stanza.serialize(agg)
+    if wire == room.sent_presence:
+        return []
+    room.sent_presence = wire
+    return [ToUpstream(agg)]
+
+
+def presence_to_room(room: Room, session_presences: list[Element]) -> Element:
+    """The aggregate presence to the room, without join payload or per-client ids."""
+    agg = presence.aggregate(session_presences, "available", None)
+    for x in agg.findall(q(ns.MUC, "x")):
+        agg.remove(x)
+    agg.set("to", room.occupant_jid)
+    return agg
+
+
+def _join_request(resource: str, nick: str, el: Element) -> JoinRequest:
+    x = stanza.find(el, ns.MUC, "x")
+    hist = None if x is None else x.find(q(ns.MUC, "history"))
+    return JoinRequest(resource, nick, el.get("id"), hist)

@@ -1,0 +1,59 @@
+"""In-memory stand-ins for the account's ports, for unit tests of decisions and the executor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bouncer.account.router import Router, RouterSettings
+from bouncer.muc.routing import MucRouter
+from bouncer.muc.state import MucSettings
+from bouncer.storage.in_memory import MemoryArchive
+
+
+class RecordingPort:
+    """``core.ports.SessionPort`` that records what the account sends it."""
+
+    def __init__(self, account: str, address: str = "127.0.0.1:1") -> None:
+        self.account = account
+        self.address = address
+        self.since = 0.0
+        self.resource: str | None = None
+        self.wire: list[bytes] = []
+        self.errors: list[tuple[str, str | None]] = []
+        self._after: list[Callable[[], None]] = []
+
+    @property
+    def jid(self) -> str | None:
+        return None if self.resource is None else f"{self.account}/{self.resource}"
+
+    def bound(self, resource: str) -> None:
+        self.resource = resource
+
+    def send_serialized(self, wire: bytes) -> None:
+        self.wire.append(wire)
+
+    def after_flush(self, callback: Callable[[], None]) -> None:
+        self._after.append(callback)
+
+    def flushed(self) -> None:
+        """What the writer task does once the socket took everything."""
+        callbacks, self._after = self._after, []
+        for callback in callbacks:
+            callback()
+
+    def stream_error(self, condition: str, text: str | None = None) -> None:
+        self.errors.append((condition, text))
+
+
+def new_router(account: str, archive: MemoryArchive | None = None, **settings) -> Router:
+    """A Router over an in-memory archive (``settings``: MucSettings fields)."""
+    muc = MucRouter(archive if archive is not None else MemoryArchive(), MucSettings(**settings))
+    return Router(RouterSettings(account=account, iq_timeout=30), muc)
+
+
+def bind(r: Router, resource: str) -> RecordingPort:
+    """A new connection bound as ``resource`` (the Router's effects are not executed)."""
+    port = RecordingPort(r.account)
+    r.bind(port, resource)
+    port.bound(resource)
+    return port
