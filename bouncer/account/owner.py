@@ -64,7 +64,7 @@ class Account:
         try:
             self._execute(self._decide(event))
         except Exception:
-            log.exception("event handler failed", event=type(event).__name__)
+            log.exception("event handler failed", input=type(event).__name__)
             self._answer_failed(event)
 
     def _decide(self, event: Event) -> list[Effect]:

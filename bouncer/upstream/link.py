@@ -348,7 +348,7 @@ class UpstreamLink:
         try:
             self._on_event(event)
         except Exception:
-            self.log.exception("upstream event handler failed", event=type(event).__name__)
+            self.log.exception("upstream event handler failed", input=type(event).__name__)
 
     def _up(self, bound: str, resumed: bool) -> None:
         if self._stopping:

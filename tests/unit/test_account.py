@@ -1,0 +1,141 @@
+"""The account's one entrance and its executor, over in-memory ports (no socket, no file)."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+from structlog.testing import capture_logs
+
+from bouncer.account.owner import Account
+from bouncer.core.events import (
+    SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick, UpstreamReadHandled, UpstreamStanza,
+    UpstreamUp,
+)
+from bouncer.storage.in_memory import MemoryArchive, MemoryOffline, NoTransaction
+from bouncer.xmpp import ns
+from support.ports import RecordingPort, new_router
+
+ACCOUNT = "alice@example.org"
+UP = f"{ACCOUNT}/bouncer"
+ROOM = "room@muc.example.org"
+
+
+class Upstream:
+    """``core.ports.UpstreamPort`` that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[etree._Element] = []
+
+    def send(self, element: etree._Element) -> bool:
+        self.sent.append(element)
+        return True
+
+
+def x(text: str) -> etree._Element:
+    tag = text[1:].split(" ", 1)[0].rstrip(">/")
+    return etree.fromstring(text.replace(f"<{tag}", f"<{tag} xmlns='jabber:client'", 1))
+
+
+@pytest.fixture
+def account() -> Account:
+    account = Account(new_router(ACCOUNT, MemoryArchive()), MemoryOffline(), NoTransaction(), Upstream())
+    account.handle(UpstreamUp(UP, resumed=False))
+    return account
+
+
+def session(account: Account, resource: str, *, available: bool = True) -> RecordingPort:
+    port = RecordingPort(ACCOUNT)
+    account.handle(SessionBind(port, resource))
+    if available:
+        account.handle(SessionStanza(port, x(f"<presence from='{ACCOUNT}/{resource}'/>")))
+    return port
+
+
+def iq(port: RecordingPort, iq_id: str, to: str = "example.org") -> SessionStanza:
+    return SessionStanza(port, x(f"<iq type='get' id='{iq_id}' from='{port.jid}' to='{to}'><ping xmlns='{ns.PING}'/></iq>"))
+
+
+def received(port: RecordingPort) -> list[etree._Element]:
+    return [etree.fromstring(w) for w in port.wire]
+
+
+def test_a_bug_in_a_decision_is_logged_and_the_next_stanza_is_still_served(account, monkeypatch):
+    phone = session(account, "phone")
+    real = account.router.from_session
+
+    def buggy(resource, el, now):
+        if el.get("id") == "boom":
+            raise KeyError("a bug")
+        return real(resource, el, now)
+
+    monkeypatch.setattr(account.router, "from_session", buggy)
+    with capture_logs() as logs:
+        account.handle(iq(phone, "boom"))
+    (failed,) = [e for e in logs if e["event"] == "event handler failed"]
+    assert failed["input"] == "SessionStanza" and failed["exc_info"] is True and failed["log_level"] == "error"
+    (answer,) = [el for el in received(phone) if el.get("id") == "boom"]
+    assert answer.get("type") == "error" and answer.find(f".//{{{ns.STANZA_ERRORS}}}internal-server-error") is not None
+    account.handle(iq(phone, "next"))
+    (sent,) = [el for el in account.upstream.sent if el.find(f"{{{ns.PING}}}ping") is not None]  # type: ignore[union-attr]
+    assert sent.get("to") == "example.org"  # served as usual
+
+
+def test_the_tick_survives_a_bug_and_keeps_expiring_iqs(account, monkeypatch):
+    phone = session(account, "phone")
+    account.handle(iq(phone, "slow"))  # sent upstream; never answered
+    due = account.router.muc.due
+    calls = []
+
+    def buggy(now):
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return due(now)
+
+    monkeypatch.setattr(account.router.muc, "due", buggy)
+    with capture_logs() as logs:
+        account.handle(Tick(1.0))
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["event handler failed"]
+    account.handle(Tick(account.clock() + 3600))
+    (timeout,) = [el for el in received(phone) if el.get("id") == "slow"]
+    assert timeout.find(f".//{{{ns.STANZA_ERRORS}}}remote-server-timeout") is not None and len(calls) == 2
+
+
+def test_stored_while_nobody_is_there_then_delivered_once_flushed(account):
+    chat = x(f"<message from='bob@example.org/x' to='{UP}' type='chat' id='c1'><body>hi</body></message>")
+    account.handle(UpstreamStanza(chat))
+    account.handle(UpstreamReadHandled())
+    assert account.offline.count() == 1
+    phone = session(account, "phone")
+    (got,) = [el for el in received(phone) if el.tag == "{jabber:client}message"]
+    assert got.findtext("{jabber:client}body") == "hi" and got.find(f"{{{ns.DELAY}}}delay") is not None
+    assert got.get("to") == f"{ACCOUNT}/phone"
+    assert account.offline.count() == 1  # not yet on the socket
+    phone.flushed()
+    assert account.offline.count() == 0
+
+
+def test_a_bind_replaces_the_holder_of_the_resource(account):
+    old = session(account, "phone")
+    new = session(account, "phone")
+    assert old.errors == [("conflict", None)] and new.jid == f"{ACCOUNT}/phone"
+    account.handle(SessionClosed(old))  # the old connection's end changes nothing
+    assert account.router.sessions["phone"].port is new
+
+
+def test_unknown_nonza_ends_the_session_and_csi_is_recorded(account):
+    phone = session(account, "phone")
+    account.handle(SessionNonza(phone, etree.Element(f"{{{ns.CSI}}}inactive")))
+    assert account.status()["sessions"][0]["csi"] == "inactive" and phone.errors == []
+    account.handle(SessionNonza(phone, etree.Element("{urn:example}thing")))
+    assert phone.errors[0][0] == "unsupported-stanza-type"
+
+
+def test_shutdown_tells_sessions_and_their_going_leaves_rooms_held(account):
+    phone = session(account, "phone")
+    account.handle(SessionStanza(phone, x(f"<presence from='{phone.jid}' to='{ROOM}/alice'><x xmlns='{ns.MUC}'/></presence>")))
+    account.upstream.sent.clear()  # type: ignore[union-attr]
+    account.handle(Shutdown())
+    assert phone.errors == [("system-shutdown", None)]
+    account.handle(SessionClosed(phone))
+    assert account.upstream.sent == [] and ROOM in account.router.muc.rooms  # type: ignore[union-attr]
