@@ -10,7 +10,6 @@ the dataclasses below.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -267,7 +266,7 @@ def _upstream(values: dict[str, Any], context: _Context) -> UpstreamConfig:
     if "ca_file" in values:
         values["ca_file"] = _trust_file("upstream.ca_file", _resolve(context, values["ca_file"]))
     config = UpstreamConfig(password=secret, **values)
-    if config.tls == "plain" and not _is_loopback(config.host or _domain(config.jid)):
+    if config.tls == "plain" and not check.is_loopback(config.host or _domain(config.jid)):
         raise ConfigError("upstream.tls", "'plain' is only allowed when upstream.host is "
                           "a loopback address or localhost")
     return config
@@ -286,7 +285,7 @@ def _listen(values: dict[str, Any], context: _Context) -> ListenConfig:
             problem = f"cannot use this certificate and key: {_reason(e)}"
             raise ConfigError("listen.cert", problem) from None
     config = ListenConfig(**values)
-    if config.tls == "optional" and not _is_loopback(config.address):
+    if config.tls == "optional" and not check.is_loopback(config.address):
         raise ConfigError("listen.tls", "'optional' is only allowed on a loopback listen.address")
     if config.direct_tls_port == config.port:
         raise ConfigError("listen.direct_tls_port", "must differ from listen.port")
@@ -431,15 +430,6 @@ def _trust_file(key: str, path: str) -> str:
     except (OSError, ValueError) as e:
         raise ConfigError(key, f"{path} holds no usable PEM certificate: {_reason(e)}") from None
     return path
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _domain(jid: str) -> str:

@@ -6,6 +6,7 @@ ConfigError naming the key; rules that span keys or touch files live there.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from typing import Any, Callable, get_args
@@ -71,3 +72,15 @@ def account_jid(value: Any) -> str:
 
 
 PORT = integer(1, 65535)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (where plain TCP is tolerated)."""
+    if host is None:
+        return False
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

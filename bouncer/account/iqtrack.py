@@ -29,7 +29,7 @@ class PendingIq:
 
 
 @dataclass
-class MamQuery:
+class ForwardedMamQuery:
     resource: str
     original_queryid: str | None
 
@@ -38,7 +38,7 @@ class MamQuery:
 class IqTracker:
     timeout: float
     pending: dict[str, PendingIq] = field(default_factory=dict)
-    mam: dict[str, MamQuery] = field(default_factory=dict)
+    mam: dict[str, ForwardedMamQuery] = field(default_factory=dict)
 
     def new_id(self) -> str:
         return ids.new("iq")
@@ -60,7 +60,7 @@ class IqTracker:
         query = mam_query(iq)
         if query is not None:
             upstream_qid = f"{new_id}-q"
-            self.mam[upstream_qid] = MamQuery(resource, query.get("queryid"))
+            self.mam[upstream_qid] = ForwardedMamQuery(resource, query.get("queryid"))
             query.set("queryid", upstream_qid)
             entry.mam_queryid = upstream_qid
         iq.set("id", new_id)

@@ -16,7 +16,6 @@ presence, rooms and roster), ``UpstreamDown`` (only after an UpstreamUp),
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import ssl
 import time
@@ -26,6 +25,7 @@ from typing import Callable, Literal
 import structlog
 from lxml import etree
 
+from bouncer.config_values import is_loopback
 from bouncer.upstream import connect
 from bouncer.core.events import UpstreamDown, UpstreamEvent, UpstreamReadHandled, UpstreamStanza, UpstreamUp
 from bouncer.upstream.events import Ended, Established, StanzaReceived, TlsRequired
@@ -61,7 +61,7 @@ class UpstreamSettings:
     def __post_init__(self) -> None:
         if self.tls not in connect.DEFAULT_PORTS:
             raise ValueError(f"tls must be starttls, direct or plain, not {self.tls!r}")
-        if self.tls == "plain" and not _is_loopback(self.host):
+        if self.tls == "plain" and not is_loopback(self.host):
             raise ValueError("tls='plain' (no encryption) is only allowed to a loopback host")
         if jid.localpart(self.jid) is None or not jid.domain(self.jid):
             raise ValueError(f"not an account JID: {self.jid!r}")
@@ -73,17 +73,6 @@ class UpstreamSettings:
     def __repr__(self) -> str:  # never show the password
         return (f"UpstreamSettings(jid={self.jid!r}, host={self.host!r}, port={self.port!r}, "
                 f"tls={self.tls!r}, verify={self.verify!r}, ca_file={self.ca_file!r})")
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class UpstreamLink:
