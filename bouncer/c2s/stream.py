@@ -27,12 +27,25 @@ from bouncer.xmpp.parser import ElementReceived, StreamEnded, StreamOpened, Stre
 from bouncer.xmpp.ns import q
 
 
-class Phase(Enum):
+class NegotiationPhase(Enum):
     TLS = auto()  # TLS is required and not active yet
     AUTH = auto()  # SASL (STARTTLS may still be offered)
     BIND = auto()  # authenticated; only resource binding allowed
     OPEN = auto()  # bound: stanzas flow
     CLOSED = auto()
+
+
+# Every phase change, as h11's ``_state.py`` keeps them: (phase, what happened) -> next
+# phase. Anything else is a bug of ours, raised as one. Which elements each phase
+# accepts is the ``_HANDLERS`` table at the end of this file.
+_TRANSITIONS: dict[tuple[NegotiationPhase, str], NegotiationPhase] = {
+    (NegotiationPhase.TLS, "tls started"): NegotiationPhase.AUTH,
+    (NegotiationPhase.AUTH, "tls started"): NegotiationPhase.AUTH,
+    (NegotiationPhase.AUTH, "authenticated"): NegotiationPhase.BIND,
+    (NegotiationPhase.BIND, "bound"): NegotiationPhase.OPEN,
+    (NegotiationPhase.BIND, "resumed"): NegotiationPhase.OPEN,
+    **{(phase, "closed"): NegotiationPhase.CLOSED for phase in NegotiationPhase if phase is not NegotiationPhase.CLOSED},
+}
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,7 @@ class ServerStream:
     def __init__(self, settings: StreamSettings, *, tls_active: bool = False) -> None:
         self.settings = settings
         self.tls_active = tls_active
-        self.phase = Phase.TLS if settings.tls_required and not tls_active else Phase.AUTH
+        self.phase = NegotiationPhase.TLS if settings.tls_required and not tls_active else NegotiationPhase.AUTH
         self.jid: str | None = None
         self.username: str | None = None
         self._out: list[bytes] = []
@@ -127,11 +140,11 @@ class ServerStream:
     # ---- input -------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the socket; return what they completed."""
-        if self.phase is Phase.CLOSED:
+        if self.phase is NegotiationPhase.CLOSED:
             return []
         try:
             for ev in self._parser.feed(data):
-                if self.phase is Phase.CLOSED:
+                if self.phase is NegotiationPhase.CLOSED:
                     break
                 if isinstance(ev, StreamOpened):
                     self._on_header(ev)
@@ -149,14 +162,14 @@ class ServerStream:
     def tls_started(self) -> None:
         """The transport is now TLS: expect a new stream header."""
         self.tls_active = True
-        self.phase = Phase.AUTH
+        self._transition("tls started")
         self._restart()
 
     def connection_lost(self) -> list[Event]:
         """The socket closed under us."""
-        if self.phase is Phase.CLOSED:
+        if self.phase is NegotiationPhase.CLOSED:
             return []
-        self.phase = Phase.CLOSED
+        self._transition("closed")
         return [Closed(None)]
 
     def holding(self) -> int:
@@ -180,7 +193,7 @@ class ServerStream:
     # ---- XEP-0198 (server role) -------------------------------------------------------
     def request_ack(self, now: float) -> None:
         """Ask the client for an ``<a/>`` (when, is the edge's policy)."""
-        if self.sm is not None and self.phase is Phase.OPEN:
+        if self.sm is not None and self.phase is NegotiationPhase.OPEN:
             self._out.append(self.sm.request(now))
 
     def resume(self, state: sm.StreamManagement[bytes], full_jid: str) -> None:
@@ -193,7 +206,7 @@ class ServerStream:
         self.sm, self.jid, self._resume_h = state, full_jid, None
         self._out.append(sm.resumed(state.id, state.inbound))
         self._out.extend(resend)
-        self.phase = Phase.OPEN
+        self._transition("resumed")
 
     def resume_failed(self) -> None:
         """No such session (any more): the client binds a new one."""
@@ -207,26 +220,32 @@ class ServerStream:
         b = stanza.child(reply, ns.BIND, "bind")
         etree.SubElement(b, q(ns.BIND, "jid")).text = self.jid
         self.send_stanza(reply)
-        self.phase = Phase.OPEN
+        self._transition("bound")
 
     def close(self) -> None:
         """End the stream politely."""
-        if self.phase is not Phase.CLOSED:
+        if self.phase is not NegotiationPhase.CLOSED:
             self._ensure_header()
             self._close(None)
 
     def stream_error(self, condition: str, text: str | None = None, detail: bytes = b"") -> None:
         """Send a stream error and close; only this session ends (SPEC §11)."""
-        if self.phase is Phase.CLOSED:
+        if self.phase is NegotiationPhase.CLOSED:
             return
         self._ensure_header()
         self._out.append(framing.stream_error(condition, text, detail))
         self._close(condition)
 
     # ---- negotiation -------------------------------------------------------
+    def _transition(self, trigger: str) -> None:
+        try:
+            self.phase = _TRANSITIONS[(self.phase, trigger)]
+        except KeyError:
+            raise RuntimeError(f"{trigger!r} cannot happen in phase {self.phase.name}") from None
+
     def _close(self, error: str | None) -> None:
         self._out.append(framing.CLOSE)
-        self.phase = Phase.CLOSED
+        self._transition("closed")
         self._events.append(Closed(error))
 
     def _restart(self) -> None:
@@ -252,16 +271,16 @@ class ServerStream:
 
     def _features(self) -> etree._Element:
         feats = etree.Element(q(ns.STREAMS, "features"), nsmap={"stream": ns.STREAMS})
-        if self.phase in (Phase.TLS, Phase.AUTH):
+        if self.phase in (NegotiationPhase.TLS, NegotiationPhase.AUTH):
             if self.settings.tls_available and not self.tls_active:
                 tls = stanza.child(feats, ns.TLS, "starttls")
                 if self.settings.tls_required:
                     etree.SubElement(tls, q(ns.TLS, "required"))
-            if self.phase is Phase.AUTH:
+            if self.phase is NegotiationPhase.AUTH:
                 mechs = stanza.child(feats, ns.SASL, "mechanisms")
                 for name in sasl.offered_mechanisms(self.settings.credentials, self.tls_active):
                     etree.SubElement(mechs, q(ns.SASL, "mechanism")).text = name
-        elif self.phase is Phase.BIND:
+        elif self.phase is NegotiationPhase.BIND:
             stanza.child(feats, ns.BIND, "bind")
             sess = stanza.child(feats, ns.SESSION, "session")
             etree.SubElement(sess, q(ns.SESSION, "optional"))
@@ -274,11 +293,11 @@ class ServerStream:
         handler = _HANDLERS.get((self.phase, el.tag))
         if handler is not None:
             handler(self, el)
-        elif self.phase is Phase.OPEN and el.tag in stanza.STANZA_TAGS:
+        elif self.phase is NegotiationPhase.OPEN and el.tag in stanza.STANZA_TAGS:
             self._on_stanza(el)
-        elif self.phase is Phase.OPEN:
+        elif self.phase is NegotiationPhase.OPEN:
             self._events.append(NonzaReceived(el))
-        elif self.phase is Phase.TLS:
+        elif self.phase is NegotiationPhase.TLS:
             self.stream_error("policy-violation", "STARTTLS is required")
         else:
             self.stream_error("not-authorized", "authenticate and bind first")
@@ -314,7 +333,7 @@ class ServerStream:
             self._sasl = None
             self.username = self.settings.username
             self._out.append(_sasl_element("success", step.data))
-            self.phase = Phase.BIND
+            self._transition("authenticated")
             self._restart()
             self._events.append(AuthSucceeded(step.username))
         else:
@@ -382,16 +401,16 @@ class ServerStream:
 
 
 _HANDLERS = {
-    (Phase.TLS, q(ns.TLS, "starttls")): ServerStream._on_starttls,
-    (Phase.AUTH, q(ns.TLS, "starttls")): ServerStream._on_starttls,
-    (Phase.AUTH, q(ns.SASL, "auth")): ServerStream._on_auth,
-    (Phase.AUTH, q(ns.SASL, "response")): ServerStream._on_response,
-    (Phase.AUTH, q(ns.SASL, "abort")): ServerStream._on_abort,
-    (Phase.BIND, stanza.IQ): ServerStream._on_bind_phase_iq,
-    (Phase.BIND, q(ns.SM, "resume")): ServerStream._on_resume,
-    (Phase.OPEN, q(ns.SM, "enable")): ServerStream._on_enable,
-    (Phase.OPEN, q(ns.SM, "r")): ServerStream._on_sm_request,
-    (Phase.OPEN, q(ns.SM, "a")): ServerStream._on_sm_ack,
+    (NegotiationPhase.TLS, q(ns.TLS, "starttls")): ServerStream._on_starttls,
+    (NegotiationPhase.AUTH, q(ns.TLS, "starttls")): ServerStream._on_starttls,
+    (NegotiationPhase.AUTH, q(ns.SASL, "auth")): ServerStream._on_auth,
+    (NegotiationPhase.AUTH, q(ns.SASL, "response")): ServerStream._on_response,
+    (NegotiationPhase.AUTH, q(ns.SASL, "abort")): ServerStream._on_abort,
+    (NegotiationPhase.BIND, stanza.IQ): ServerStream._on_bind_phase_iq,
+    (NegotiationPhase.BIND, q(ns.SM, "resume")): ServerStream._on_resume,
+    (NegotiationPhase.OPEN, q(ns.SM, "enable")): ServerStream._on_enable,
+    (NegotiationPhase.OPEN, q(ns.SM, "r")): ServerStream._on_sm_request,
+    (NegotiationPhase.OPEN, q(ns.SM, "a")): ServerStream._on_sm_ack,
 }
 
 

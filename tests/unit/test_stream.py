@@ -188,3 +188,16 @@ def test_too_many_elements_in_one_stanza_is_refused_before_its_size():
     s = bound()
     events, _ = feed(s, b"<message to='bob@example.org'><body>" + b"<a/>" * 250 + b"</body></message>")
     assert isinstance(events[0], core.StanzaReceived)  # under the count: taken
+
+
+def test_phases_change_only_along_the_transition_table():
+    s = core.ServerStream(settings())
+    assert s.phase is core.NegotiationPhase.TLS
+    with pytest.raises(RuntimeError, match="'bound' cannot happen in phase TLS"):
+        s.bind("phone")  # the edge asked for something the client never reached
+    s.tls_started()
+    assert s.phase is core.NegotiationPhase.AUTH
+    s.stream_error("policy-violation")
+    assert s.phase is core.NegotiationPhase.CLOSED
+    with pytest.raises(RuntimeError):
+        s.tls_started()
