@@ -21,7 +21,7 @@ from lxml import etree
 
 from bouncer.account.router import Router, RouterSettings
 from bouncer.core.effects import (
-    Bound, CloseSession, Deliver, Effect, FlushStored, HoldRoom, ReleaseRoom, Store, ToUpstream,
+    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushStored, HoldRoom, ReleaseRoom, Store, ToUpstream,
 )
 from bouncer.core.events import (
     Event, Reconfigure, SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick,
@@ -157,6 +157,8 @@ class Account:
             match effect:
                 case Deliver(resources, element):
                     self._deliver(resources, element)
+                case DeliverSeries(resource, stanzas):
+                    self._deliver_series(resource, stanzas)
                 case ToUpstream(element):
                     if self.upstream is None or not self.upstream.send(element):
                         self.router.upstream_refused(element)
@@ -184,16 +186,17 @@ class Account:
         ports = [s.port for s in map(self.router.sessions.get, resources) if s is not None and s.port.jid]
         if not ports:
             return
-        if isinstance(el, etree._Element):
-            to = el.get("to")
-            if to is None or jid.resource(to) is None or not jid.same_bare(to, self.router.account):
-                same = stanza.serialize(el)
-                for port in ports:
-                    port.send_serialized(same)
-                return
-            el = wire.prepare(el)
+        out = _writable(el, self.router.account)
         for port in ports:
-            port.send_serialized(el.to(port.jid))  # type: ignore[arg-type]
+            port.send_serialized(out if isinstance(out, bytes) else out.to(port.jid))  # type: ignore[arg-type]
+
+    def _deliver_series(self, resource: str, stanzas: tuple[etree._Element | Prepared, ...]) -> None:
+        session = self.router.sessions.get(resource)
+        to = None if session is None else session.port.jid
+        if session is None or to is None:
+            return
+        outs = (_writable(el, self.router.account) for el in stanzas)
+        session.port.send_series([out if isinstance(out, bytes) else out.to(to) for out in outs])
 
     def _flush_stored(self, resource: str) -> None:
         session = self.router.sessions.get(resource)
@@ -215,6 +218,17 @@ class Account:
 
         port.after_flush(delivered)
         log.info("delivered stored stanzas", session=resource, count=len(ids))
+
+
+def _writable(el: etree._Element | Prepared, account: str) -> bytes | Prepared:
+    """The bytes every session gets, or bytes to address to each: a ``to`` naming a full
+    JID of the account becomes each recipient's own full JID."""
+    if isinstance(el, Prepared):
+        return el
+    to = el.get("to")
+    if to is None or jid.resource(to) is None or not jid.same_bare(to, account):
+        return stanza.serialize(el)
+    return wire.prepare(el)
 
 
 def build_account(config: Config, archive: RoomArchive, offline: OfflineStore, transaction: Transaction) -> Account:

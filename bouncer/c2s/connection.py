@@ -97,6 +97,11 @@ class Connection:
         self.stream.send_serialized(wire)
         self._flush()
 
+    def send_series(self, wires: list[bytes]) -> None:
+        for wire in wires:
+            self.stream.send_serialized(wire)  # each one a stanza (XEP-0198 counts them)
+        self._flush()
+
     def after_flush(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything queued so far reached the socket."""
         self._enqueue(callback)

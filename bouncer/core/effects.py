@@ -32,6 +32,15 @@ class Deliver:
 
 
 @dataclass(frozen=True)
+class DeliverSeries:
+    """Several stanzas, in order, to one session, in one write (a local join's answer:
+    occupants, self-presence, history, subject). Addressed as ``Deliver`` does."""
+
+    resource: str
+    stanzas: tuple[Element | Prepared, ...]
+
+
+@dataclass(frozen=True)
 class Bound:
     """Tell the connection it is now the session ``resource`` (the bind result goes out)."""
 
@@ -76,4 +85,4 @@ class ReleaseRoom:
     jid: str
 
 
-Effect = ToUpstream | Deliver | Bound | Store | FlushStored | CloseSession | HoldRoom | ReleaseRoom
+Effect = ToUpstream | Deliver | DeliverSeries | Bound | Store | FlushStored | CloseSession | HoldRoom | ReleaseRoom

@@ -35,8 +35,8 @@ def parse_request(history: etree._Element | None) -> HistoryRequest:
     )
 
 
-def select(archive: RoomArchive, room: str, req: HistoryRequest, now: float, default: int) -> list[etree._Element]:
-    """The archived messages the request asks for, oldest first, each with a ``<delay>``."""
+def select(archive: RoomArchive, room: str, req: HistoryRequest, now: float, default: int) -> list[ArchivedMessage]:
+    """The archived messages the request asks for, oldest first."""
     limit = req.maxstanzas if req.maxstanzas is not None else default
     if req.maxchars == 0 or limit <= 0:
         return []
@@ -46,7 +46,7 @@ def select(archive: RoomArchive, room: str, req: HistoryRequest, now: float, def
     rows = archive.latest(room, limit, since=since)
     if req.maxchars is not None:
         rows = _within_chars(rows, req.maxchars)
-    return [_with_delay(row, room) for row in rows]
+    return rows
 
 
 def parse_stamp(value: str | None) -> float | None:
@@ -76,7 +76,8 @@ def _within_chars(rows: list[ArchivedMessage], maxchars: int) -> list[ArchivedMe
     return list(reversed(kept))
 
 
-def _with_delay(row: ArchivedMessage, room: str) -> etree._Element:
+def with_delay(row: ArchivedMessage, room: str) -> etree._Element:
+    """An archived message as history sends it: with a ``<delay>`` saying when it was said."""
     el = stanza.parse_stored(row.stanza)
     stanza.add_delay(el, row.ts, room)
     return el

@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 from lxml import etree
 
-from bouncer.core.effects import Deliver, Effect, ReleaseRoom, ToUpstream
+from bouncer.core.effects import Deliver, DeliverSeries, Effect, ReleaseRoom, ToUpstream
 from bouncer.muc import history, replay
 from bouncer.muc.room import JoinRequest, Room, RoomPhase, is_join
 from bouncer.muc.state import MucState
@@ -61,7 +61,7 @@ def _local_join(state: MucState, room: Room, req: JoinRequest, now: float) -> li
     wanted = history.parse_request(req.history)
     past = history.select(state.archive, room.jid, wanted, now, state.settings.history_default)
     room.sessions.add(req.resource)
-    return [Deliver((req.resource,), el) for el in replay.join_answer(room, req, past)]
+    return [DeliverSeries(req.resource, tuple(replay.join_answer(room, req, past)))]
 
 
 def leave(state: MucState, room: Room, resource: str, session_jid: str) -> list[Effect]:

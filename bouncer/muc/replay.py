@@ -13,6 +13,7 @@ from lxml import etree
 from bouncer.xmpp import ns, stanza
 from bouncer.muc.room import JoinRequest, Room, muc_user
 from bouncer.xmpp.ns import q
+from bouncer.core.ports import ArchivedMessage
 from bouncer.xmpp.wire import Prepared
 
 Element = etree._Element
@@ -21,15 +22,15 @@ Element = etree._Element
 _FIRST_JOIN_ONLY = {"201", "210"}
 
 
-def join_answer(room: Room, req: JoinRequest, history: list[Element]) -> list[Element | Prepared]:
+def join_answer(room: Room, req: JoinRequest, history: list[ArchivedMessage]) -> list[Element | Prepared]:
     """Stanzas to send, in order, to the session whose join ``req`` is answered locally.
 
-    The occupants and the subject are the same for every session, so they go as bytes
-    serialised once (``Room.prepared_occupants``): only their ``to`` differs.
+    The occupants, the history and the subject are the same for every session, so they
+    go as bytes serialised once (``Room.prepared_*``): only their ``to`` differs.
     """
     out: list[Element | Prepared] = list(room.prepared_occupants())
     out.append(self_presence(room, req))
-    out.extend(history)
+    out.extend(room.prepared_history(history))
     out.append(room.prepared_subject() or empty_subject(room))
     return out
 

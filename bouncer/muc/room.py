@@ -12,11 +12,16 @@ from enum import Enum, auto
 
 from lxml import etree
 
+from bouncer.core.ports import ArchivedMessage
+from bouncer.muc import history
 from bouncer.xmpp import jid, ns, stanza, wire
 from bouncer.xmpp.ns import q
 from bouncer.xmpp.wire import Prepared
 
 Element = etree._Element
+
+# Archived messages kept serialised for local joins, per room, at most.
+_HISTORY_CACHE = 500
 
 # Why the room let go of the account (SPEC §6.5), for the log.
 _GONE_REASONS = ("301", "307", "321", "322")
@@ -71,6 +76,7 @@ class Room:
     # element each was made from: a presence that changed is a new element, written again.
     _occupant_wire: dict[str, tuple[Element, Prepared]] = field(default_factory=dict, repr=False)
     _subject_wire: tuple[Element, Prepared] | None = field(default=None, repr=False)
+    _history_wire: dict[int, Prepared] = field(default_factory=dict, repr=False)  # by archive row
 
     @property
     def occupant_jid(self) -> str:
@@ -84,6 +90,16 @@ class Room:
         """The occupants' presences as bytes to address per session (the local join replay)."""
         self._occupant_wire = {nick: _reuse(self._occupant_wire.get(nick), el) for nick, el in self.occupants.items()}
         return [prep for _, prep in self._occupant_wire.values()]
+
+    def prepared_history(self, rows: list[ArchivedMessage]) -> list[Prepared]:
+        """Archived messages with their delay, as bytes to address per session; the cache
+        holds the rows recent joins asked for (archived rows never change)."""
+        if len(self._history_wire) > _HISTORY_CACHE:
+            self._history_wire.clear()
+        for row in rows:
+            if row.id not in self._history_wire:
+                self._history_wire[row.id] = wire.prepare(history.with_delay(row, self.jid))
+        return [self._history_wire[row.id] for row in rows]
 
     def prepared_subject(self) -> Prepared | None:
         if self.subject is None:

@@ -10,6 +10,7 @@ whatever the payload says.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -46,6 +47,7 @@ def prepare(el: etree._Element) -> Prepared:
     return Prepared(head, tail)
 
 
+@functools.lru_cache(maxsize=256)
 def attribute(value: str) -> bytes:
-    """A JID as lxml writes it inside a double-quoted attribute."""
+    """A JID as lxml writes it inside a double-quoted attribute (the account's few, cached)."""
     return escape(value, {'"': "&quot;"}).encode()

@@ -32,6 +32,9 @@ class RecordingPort:
     def send_serialized(self, wire: bytes) -> None:
         self.wire.append(wire)
 
+    def send_series(self, wires: list[bytes]) -> None:
+        self.wire.extend(wires)
+
     def after_flush(self, callback: Callable[[], None]) -> None:
         self._after.append(callback)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lxml import etree
 
 from bouncer.xmpp import ns
-from bouncer.core.effects import Deliver, HoldRoom, ReleaseRoom, ToUpstream
+from bouncer.core.effects import Deliver, DeliverSeries, HoldRoom, ReleaseRoom, ToUpstream
 from bouncer.muc.routing import MucRouter
 from bouncer.storage.in_memory import MemoryArchive
 from bouncer.xmpp.wire import Prepared
@@ -53,7 +53,13 @@ def groupchat(nick, body, sid):
 
 def to(actions, res):
     """What ``res`` is sent, as elements (bytes prepared once are addressed to it and parsed)."""
-    return [_element(a.element, res) for a in actions if isinstance(a, Deliver) and res in a.resources]
+    out = []
+    for a in actions:
+        if isinstance(a, Deliver) and res in a.resources:
+            out.append(_element(a.element, res))
+        elif isinstance(a, DeliverSeries) and a.resource == res:
+            out += [_element(el, res) for el in a.stanzas]
+    return out
 
 
 def _element(el, res):
