@@ -7,7 +7,16 @@ self-presence (110) and subject arrived. Through the bouncer the rooms are
 held upstream, so the join is answered from its cache; directly, Prosody joins
 a second resource to the same multi-session nick. Target: bouncer >= 10x faster.
 
-    python benchmarks/join_rooms.py [--repeat 7] [--profile]
+Then N = 1, 5 and 20 fresh sessions join at once (each N on fresh servers): one
+session holds the rooms as above, N more log in (not timed), then all N send
+their 10 joins together; the time runs from the first join sent until every
+session has all 10 self-presences and subjects. Directly, the N sessions are N
+more resources joining the same nick. Printed per N: both wall-clock medians,
+their ratio, the CPU of the bouncer, of Prosody and of this process (its
+clients scan bytes, they do not parse XML: it must not be the bottleneck).
+Target (issue 4): bouncer >= 50x faster than direct for 5 sessions.
+
+    python benchmarks/join_rooms.py [--repeat 7] [--sessions 1 5 20] [--profile]
 """
 
 from __future__ import annotations

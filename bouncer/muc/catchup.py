@@ -30,10 +30,10 @@ def start(room: Room) -> list[Effect]:
 def _page(room: Room, after: str) -> list[Effect]:
     room.catchup_id = ids.new("catchup")
     iq = stanza.make("iq", type="set", id=room.catchup_id, to=room.jid)
-    query = stanza.child(iq, mam.MAM, "query", queryid=room.catchup_id)
-    rsm = stanza.child(query, mam.RSM, "set")
-    etree.SubElement(rsm, q(mam.RSM, "max")).text = str(mam.MAX_PAGE)
-    etree.SubElement(rsm, q(mam.RSM, "after")).text = after
+    query = stanza.child(iq, ns.MAM, "query", queryid=room.catchup_id)
+    rsm = stanza.child(query, ns.RSM, "set")
+    etree.SubElement(rsm, q(ns.RSM, "max")).text = str(mam.MAX_PAGE)
+    etree.SubElement(rsm, q(ns.RSM, "after")).text = after
     return [ToUpstream(iq)]
 
 
@@ -41,20 +41,20 @@ def result_of(room: Room, el: Element) -> Element | None:
     """The MAM ``<result/>`` of the catch-up in flight that ``el`` carries, if it does."""
     if room.catchup_id is None:
         return None
-    result = el.find(q(mam.MAM, "result"))
+    result = el.find(q(ns.MAM, "result"))
     return result if result is not None and result.get("queryid") == room.catchup_id else None
 
 
 def message(state: MucState, room: Room, wrapper: Element, result: Element, now: float) -> list[Effect]:
     """A message the room archived while the account was away: archived here, and shown
     (with its delay) to the sessions in the room, which missed it too."""
-    fwd = result.find(q(mam.FORWARD, "forwarded"))
+    fwd = result.find(q(ns.FORWARD, "forwarded"))
     inner = None if fwd is None else fwd.find(q(ns.CLIENT, "message"))
     if inner is None:
         return []
     msg = stanza.clone(inner)
     msg.set("to", wrapper.get("to", ""))
-    delay = fwd.find(q(mam.DELAY, "delay"))  # type: ignore[union-attr]
+    delay = fwd.find(q(ns.DELAY, "delay"))  # type: ignore[union-attr]
     if delay is not None and stanza.find(msg, ns.DELAY, "delay") is None:
         msg.append(stanza.clone(delay))
     sid = stanza_id(msg, room.jid) or result.get("id")
@@ -71,8 +71,8 @@ def message(state: MucState, room: Room, wrapper: Element, result: Element, now:
 def done(room: Room, iq: Element) -> list[Effect]:
     """The page's answer: the next page, or the end."""
     room.catchup_id = None
-    fin = iq.find(q(mam.MAM, "fin"))
-    last = None if fin is None else fin.findtext(f"{q(mam.RSM, 'set')}/{q(mam.RSM, 'last')}")
+    fin = iq.find(q(ns.MAM, "fin"))
+    last = None if fin is None else fin.findtext(f"{q(ns.RSM, 'set')}/{q(ns.RSM, 'last')}")
     if iq.get("type") == "result" and fin is not None and fin.get("complete") != "true" and last:
         return _page(room, last)
     log.info("room caught up", room=room.jid, ok=iq.get("type") == "result")

@@ -1,6 +1,6 @@
-"""XEP-0313 answers from the bouncer's own room archive, for rooms without MAM (SPEC §7, §13).
+"""XEP-0313 answers from the bouncer's own room archive, for rooms without ns.MAM (SPEC §7, §13).
 
-Clients page a room's MAM to catch up; when the room has none, the archive the
+Clients page a room's ns.MAM to catch up; when the room has none, the archive the
 bouncer keeps anyway answers instead: form filters (start, end, with) and
 XEP-0059 paging (max, after, before), results then ``<fin/>``.
 """
@@ -11,16 +11,10 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from bouncer.xmpp import jid, stanza
+from bouncer.xmpp import jid, ns, stanza
 from bouncer.muc.history import parse_stamp
 from bouncer.xmpp.ns import q
 from bouncer.core.ports import ArchivedMessage, RoomArchive
-
-MAM = "urn:xmpp:mam:2"
-RSM = "http://jabber.org/protocol/rsm"
-DATA = "jabber:x:data"
-FORWARD = "urn:xmpp:forward:0"
-DELAY = "urn:xmpp:delay"
 
 MAX_PAGE = 250  # a client asking for more gets this many, as servers cap it
 
@@ -37,14 +31,14 @@ class MamQuery:
 
 
 def parse(iq: etree._Element) -> MamQuery | None:
-    """The query of a MAM IQ set, or None when it is not one."""
-    query = iq.find(q(MAM, "query"))
+    """The query of a ns.MAM IQ set, or None when it is not one."""
+    query = iq.find(q(ns.MAM, "query"))
     if iq.get("type") != "set" or query is None:
         return None
-    fields = {f.get("var"): f.findtext(q(DATA, "value")) for f in query.iter(q(DATA, "field"))}
-    rsm = query.find(q(RSM, "set"))
-    max_text = rsm.findtext(q(RSM, "max")) if rsm is not None else None
-    before = rsm.find(q(RSM, "before")) if rsm is not None else None
+    fields = {f.get("var"): f.findtext(q(ns.DATA, "value")) for f in query.iter(q(ns.DATA, "field"))}
+    rsm = query.find(q(ns.RSM, "set"))
+    max_text = rsm.findtext(q(ns.RSM, "max")) if rsm is not None else None
+    before = rsm.find(q(ns.RSM, "before")) if rsm is not None else None
     with_jid = fields.get("with")
     return MamQuery(
         queryid=query.get("queryid"),
@@ -52,7 +46,7 @@ def parse(iq: etree._Element) -> MamQuery | None:
         end=parse_stamp(fields.get("end")),
         nick=jid.resource(with_jid) if with_jid else None,
         max=min(int(max_text), MAX_PAGE) if max_text and max_text.isdigit() else MAX_PAGE,
-        after=rsm.findtext(q(RSM, "after")) if rsm is not None else None,
+        after=rsm.findtext(q(ns.RSM, "after")) if rsm is not None else None,
         before=None if before is None else (before.text or ""),
     )
 
@@ -79,11 +73,11 @@ def answer(archive: RoomArchive, room: str, iq: etree._Element, query: MamQuery)
 
 def _result(room: str, to: str | None, queryid: str | None, row: ArchivedMessage) -> etree._Element:
     msg = stanza.make("message", from_=room, to=to)
-    result = stanza.child(msg, MAM, "result", id=row.archive_id)
+    result = stanza.child(msg, ns.MAM, "result", id=row.archive_id)
     if queryid is not None:
         result.set("queryid", queryid)
-    fwd = stanza.child(result, FORWARD, "forwarded")
-    stanza.child(fwd, DELAY, "delay", stamp=stanza.utc_stamp(row.ts))
+    fwd = stanza.child(result, ns.FORWARD, "forwarded")
+    stanza.child(fwd, ns.DELAY, "delay", stamp=stanza.utc_stamp(row.ts))
     original = stanza.parse_stored(row.stanza)
     original.attrib.pop("to", None)
     fwd.append(original)
@@ -92,11 +86,11 @@ def _result(room: str, to: str | None, queryid: str | None, row: ArchivedMessage
 
 def _fin(iq: etree._Element, rows: list[ArchivedMessage], complete: bool) -> etree._Element:
     reply = stanza.iq_result(iq)
-    fin = stanza.child(reply, MAM, "fin")
+    fin = stanza.child(reply, ns.MAM, "fin")
     if complete:
         fin.set("complete", "true")
-    rsm = stanza.child(fin, RSM, "set")
+    rsm = stanza.child(fin, ns.RSM, "set")
     if rows:
-        etree.SubElement(rsm, q(RSM, "first")).text = rows[0].archive_id
-        etree.SubElement(rsm, q(RSM, "last")).text = rows[-1].archive_id
+        etree.SubElement(rsm, q(ns.RSM, "first")).text = rows[0].archive_id
+        etree.SubElement(rsm, q(ns.RSM, "last")).text = rows[-1].archive_id
     return reply

@@ -72,9 +72,9 @@ class MucRouter:
         """A held room's disco#info: without MAM, the bouncer's archive serves it."""
         room = self.rooms.get(jid.bare(result.get("from", "")))
         features = {f.get("var") for f in result.iter(q(ns.DISCO_INFO, "feature"))}
-        if room is not None and mam.MAM not in features:
+        if room is not None and ns.MAM not in features:
             room.own_mam = True
-            local_iq.augment_disco(result, (mam.MAM,))
+            local_iq.augment_disco(result, (ns.MAM,))
 
     def mam_answer(self, iq: Element) -> list[Element]:
         """The room could not answer a MAM query: the bouncer's archive does."""

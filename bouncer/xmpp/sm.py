@@ -23,7 +23,9 @@ from typing import Generic, TypeVar
 
 from lxml import etree
 
-NS = "urn:xmpp:sm:3"
+from bouncer.xmpp import ns
+from bouncer.xmpp.ns import q
+
 MOD = 1 << 32
 
 T = TypeVar("T")
@@ -31,7 +33,7 @@ T = TypeVar("T")
 
 def tag(local: str) -> str:
     """``{urn:xmpp:sm:3}local``."""
-    return f"{{{NS}}}{local}"
+    return q(ns.SM, local)
 
 
 class SmViolation(Exception):
