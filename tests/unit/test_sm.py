@@ -17,7 +17,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from lxml import etree
 
 from bouncer.xmpp import sm
-from bouncer.xmpp.sm import MOD, NS, SmViolation, StreamManagement
+from bouncer.xmpp.ns import SM as NS
+from bouncer.xmpp.sm import MOD, SmViolation, StreamManagement
 
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 TOP = MOD - 1  # the largest h
