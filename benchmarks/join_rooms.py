@@ -21,14 +21,17 @@ Target (issue 4): bouncer >= 50x faster than direct for 5 sessions.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 import common
-from common import CpuMeter, JoinResult, Route, log, median, ms
+from common import ROUTES, CpuMeter, JoinResult, Route, log, median, ms
 from profiling import profiled
 
 TARGET = 10.0
+TARGET_AT_N = (5, 50.0)  # sessions joining at once, bouncer speedup wanted
+SETTLE = 0.2  # seconds between concurrent trials: the last one's sessions are gone
 
 
 @dataclass
@@ -88,5 +91,89 @@ def report(outcomes: dict[str, Outcome], args) -> bool:
     return met
 
 
+# ---- N sessions joining at once --------------------------------------------------------
+@dataclass(frozen=True)
+class Burst:
+    seconds: float  # from the first join sent until the last session had every room
+    stanzas: int  # received by all sessions together
+    cpu: dict[str, float]
+
+
+@dataclass
+class Concurrent:
+    route: str
+    sessions: int
+    trials: list[Burst]
+
+    @property
+    def wall(self) -> float:
+        return median([t.seconds for t in self.trials])
+
+    def cpu(self, process: str) -> str:
+        return ms(median([t.cpu[process] for t in self.trials])) if process in self.trials[0].cpu else "-"
+
+
+async def concurrent_trial(route: Route, rooms: list[str], n: int, trial: int) -> Burst:
+    """Log ``n`` sessions in (not timed), then all join every room at once; they leave after."""
+    sessions = await asyncio.gather(*(route.connect(f"n{n}-{trial}-{i}") for i in range(n)))
+    try:
+        meter = CpuMeter(route.pids)
+        meter.start()
+        joins = await common.join_many(sessions, rooms)
+        cpu = meter.stop()
+    finally:
+        await asyncio.gather(*(session.close() for session in sessions))
+    await asyncio.sleep(SETTLE)
+    return Burst(max(j.seconds for j in joins), sum(j.stanzas for j in joins), cpu)
+
+
+async def measure_concurrent(workdir: Path, route_name: str, n: int, args) -> Concurrent:
+    async with common.populated_route(workdir, route_name, args) as (route, population):
+        holder = await route.connect("first")
+        await common.join_all(holder, population.rooms)
+        with profiled(route.bouncer_pid if args.profile else None, workdir / f"join_rooms-{n}.pyspy"):
+            trials = [await concurrent_trial(route, population.rooms, n, t) for t in range(args.repeat)]
+        holder.abort()
+    log(f"{route_name}: {n} sessions at once " + ", ".join(ms(t.seconds) for t in trials))
+    return Concurrent(route_name, n, trials)
+
+
+def report_concurrent(outcomes: dict[tuple[str, int], Concurrent], args) -> bool:
+    rows = []
+    for n in args.sessions:
+        b, d = outcomes["bouncer", n], outcomes["direct", n]
+        rows.append([n, ms(b.wall), ms(d.wall), f"{common.ratio(d.wall, b.wall):.1f}x", b.cpu("bouncer"),
+                     b.cpu("prosody"), d.cpu("prosody"), b.cpu("benchmark"), d.cpu("benchmark"),
+                     f"{b.trials[0].stanzas}/{d.trials[0].stanzas}"])
+    common.print_table(
+        f"N sessions joining {args.rooms} rooms x {args.occupants} occupants at once, from the first join sent "
+        f"to the last session's last subject; medians of {args.repeat} trials (CPU: during the joins)",
+        ["N", "bouncer", "direct", "direct/bouncer", "CPU bouncer", "CPU prosody (via b.)", "CPU prosody (direct)",
+         "CPU client (via b.)", "CPU client (direct)", "stanzas (b./d.)"],
+        rows,
+    )
+    n, target = TARGET_AT_N
+    if n not in args.sessions:
+        return True
+    speedup = common.ratio(outcomes["direct", n].wall, outcomes["bouncer", n].wall)
+    met = speedup >= target
+    log(f"N={n} sessions at once: bouncer {speedup:.1f}x faster than direct; target >= {target:g}x: "
+        f"{common.verdict(met)}")
+    return met
+
+
+async def main(workdir: Path, args) -> bool:
+    second = {name: await measure(workdir, name, args) for name in ROUTES}
+    concurrent = {(name, n): await measure_concurrent(workdir, name, n, args)
+                  for n in args.sessions for name in ROUTES}
+    met = report(second, args)
+    return report_concurrent(concurrent, args) and met
+
+
 if __name__ == "__main__":
-    common.run_room_benchmark(__doc__, measure, report, repeat_help="second-session joins per route")
+    parser = common.argument_parser(__doc__.splitlines()[0])
+    common.add_room_options(parser, repeat_help="second-session joins per route, and trials per N")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 20],
+                        help="how many sessions join at once (each N on fresh servers)")
+    arguments = parser.parse_args()
+    common.run(lambda workdir: main(workdir, arguments), keep=arguments.keep)

@@ -139,3 +139,18 @@ def test_shutdown_tells_sessions_and_their_going_leaves_rooms_held(account):
     assert phone.errors == [("system-shutdown", None)]
     account.handle(SessionClosed(phone))
     assert account.upstream.sent == [] and ROOM in account.router.muc.rooms  # type: ignore[union-attr]
+
+
+def test_reconfigure_changes_what_the_account_decides_from_now_on(account):
+    from bouncer.config import Config, DownstreamConfig, LimitsConfig, MucConfig, PresenceConfig, UpstreamConfig
+    from bouncer.core.events import Reconfigure
+    from bouncer.credentials import Credentials
+
+    config = Config(upstream=UpstreamConfig(ACCOUNT, "pw"), downstream=DownstreamConfig(Credentials.from_plain("x")),
+                    presence=PresenceConfig(idle_show="xa", idle_status="on a walk"),
+                    limits=LimitsConfig(iq_timeout=5.0), muc=MucConfig(leave_when_unused=True))
+    account.upstream.sent.clear()  # type: ignore[union-attr]
+    account.handle(Reconfigure(config))
+    (idle,) = account.upstream.sent  # type: ignore[union-attr]
+    assert idle.findtext("{jabber:client}show") == "xa" and idle.findtext("{jabber:client}status") == "on a walk"
+    assert account.router.iqs.timeout == 5.0 and account.router.muc.settings.leave_when_unused
