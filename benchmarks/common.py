@@ -185,11 +185,14 @@ class Population:
         return self.owners + self.others
 
 
-async def populate(prosody: Prosody, rooms: int, occupants: int, history: int) -> Population:
-    """``rooms`` rooms with a subject, ``history`` messages and ``occupants`` direct occupants each."""
+async def populate(prosody: Prosody, rooms: int, occupants: int, history: int,
+                   room_config: dict[str, str] | None = None) -> Population:
+    """``rooms`` rooms with a subject, ``history`` messages and ``occupants`` direct occupants each
+    (``room_config``: owner form fields, e.g. ``{"muc#roomconfig_enablearchiving": "0"}``)."""
     gate = asyncio.Semaphore(LOGIN_CONCURRENCY)
     jids = [room_jid(prosody, i) for i in range(1, rooms + 1)]
-    filled = await asyncio.gather(*(_populate_room(prosody, room, occupants, history, gate) for room in jids))
+    filled = await asyncio.gather(*(_populate_room(prosody, room, occupants, history, gate, room_config)
+                                     for room in jids))
     others = [client for _owner, rest in filled for client in rest]
     for client in others:
         client.discard()
@@ -210,10 +213,10 @@ async def populated_route(
             abort_all(population.clients)
 
 
-async def _populate_room(prosody: Prosody, room: str, occupants: int, history: int,
-                         gate: asyncio.Semaphore) -> tuple[RawClient, list[RawClient]]:
+async def _populate_room(prosody: Prosody, room: str, occupants: int, history: int, gate: asyncio.Semaphore,
+                         room_config: dict[str, str] | None = None) -> tuple[RawClient, list[RawClient]]:
     owner = await occupant(prosody, gate)
-    await muc.create_room(owner, room, "owner")
+    await muc.create_room(owner, room, "owner", config=room_config)
     owner.send_xml(f"<message to='{room}' type='groupchat'><subject>Benchmark room {room}</subject></message>")
     for i in range(history):
         muc.send_groupchat(owner, room, f"history {i}")

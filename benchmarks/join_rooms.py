@@ -110,7 +110,10 @@ class Concurrent:
         return median([t.seconds for t in self.trials])
 
     def cpu(self, process: str) -> str:
-        return ms(median([t.cpu[process] for t in self.trials])) if process in self.trials[0].cpu else "-"
+        """Mean CPU per trial (the total over all trials: /proc counts in 10 ms ticks)."""
+        if process not in self.trials[0].cpu:
+            return "-"
+        return ms(sum(t.cpu[process] for t in self.trials) / len(self.trials))
 
 
 async def concurrent_trial(route: Route, rooms: list[str], n: int, trial: int) -> Burst:
@@ -147,7 +150,7 @@ def report_concurrent(outcomes: dict[tuple[str, int], Concurrent], args) -> bool
                      f"{b.trials[0].stanzas}/{d.trials[0].stanzas}"])
     common.print_table(
         f"N sessions joining {args.rooms} rooms x {args.occupants} occupants at once, from the first join sent "
-        f"to the last session's last subject; medians of {args.repeat} trials (CPU: during the joins)",
+        f"to the last session's last subject; medians of {args.repeat} trials; CPU: mean per trial, during the joins",
         ["N", "bouncer", "direct", "direct/bouncer", "CPU bouncer", "CPU prosody (via b.)", "CPU prosody (direct)",
          "CPU client (via b.)", "CPU client (direct)", "stanzas (b./d.)"],
         rows,

@@ -24,7 +24,7 @@ from bouncer.account import handover
 from bouncer.account.owner import Account, build_account
 from bouncer.core.events import Reconfigure, Shutdown, Tick, UpstreamEvent, UpstreamUp
 from bouncer.storage.archive import SqliteArchive
-from bouncer.storage.offline import SqliteOffline
+from bouncer.storage.mailbox import SqliteMailbox
 from bouncer.xmpp import jid
 from bouncer.c2s.listener import Listener
 from bouncer.c2s.stream import StreamSettings
@@ -105,7 +105,7 @@ class Service:
         self.db = open_database(config.storage.path)
         self._tls = self._tls_context(config)
 
-        self.account = build_account(config, SqliteArchive(self.db), SqliteOffline(self.db), GroupCommit(self.db))
+        self.account = build_account(config, SqliteArchive(self.db), SqliteMailbox(self.db), GroupCommit(self.db))
         self.restart_state = RestartState(self.db)
         self.link = _upstream_link(config, self._on_upstream, self._take_handover())
         self.account.upstream = self.link

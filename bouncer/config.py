@@ -119,6 +119,21 @@ class MucConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """Phones (SPEC §9, §14): how long a dropped XEP-0198 session waits to be resumed,
+    what it may hold meanwhile, and how long stored stanzas wait for a device."""
+
+    # A day: a phone that was off overnight or on a flight resumes where it was. What a
+    # hibernated session holds is bounded below, and beyond that it is in the device's
+    # backlog on disk, so a long hibernation costs no unbounded memory.
+    hibernation: float = 86400.0  # seconds
+    hibernation_queue: int = 2000  # stanzas a hibernated session holds for its phone
+    hibernation_queue_bytes: int = 4 << 20  # ... and bytes
+    backlog_max_age: float = 30.0  # days a stored stanza waits for a device that is away
+    forget_after: float = 90.0  # days after which a device not seen is forgotten
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Output format (auto: console on a TTY, else JSON lines) and level."""
 
@@ -138,6 +153,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     muc: MucConfig = field(default_factory=MucConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Accepted but unwise settings, for the caller to log.
     warnings: tuple[str, ...] = ()
@@ -375,6 +391,13 @@ _SECTIONS: dict[str, _Section] = {
         "leave_when_unused": _Key(check.boolean),
         "self_ping_after": _Key(check.positive_number),
     }, _defaults_apply(MucConfig)),
+    "sessions": _Section({
+        "hibernation": _Key(check.positive_number),
+        "hibernation_queue": _Key(check.integer(1)),
+        "hibernation_queue_bytes": _Key(check.integer(65536)),
+        "backlog_max_age": _Key(check.positive_number),
+        "forget_after": _Key(check.positive_number),
+    }, _defaults_apply(SessionsConfig)),
     "log": _Section({
         "format": _Key(check.choice(LogFormat)),
         "level": _Key(check.choice(LogLevel)),

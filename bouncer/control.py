@@ -294,8 +294,14 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
             name += " (not joined)"
         lines.append(f"  {name}" + (f": {', '.join(parts)}" if parts else ""))
 
+    devices = status.get("devices") or []
+    lines.append(f"devices: {len(devices)}")
+    for d in devices:
+        seen = d.get("last_seen")
+        when = f"last seen {_clock(seen)} ({_ago(seen, now)})" if seen else "never seen"
+        lines.append(f"  {d.get('resource')}: {when}, {_plural(d.get('backlog', 0), 'stanza')} waiting")
     if status.get("stored"):
-        lines.append(f"stored for the next client: {_plural(status['stored'], 'stanza')}")
+        lines.append(f"mailbox: {_plural(status['stored'], 'stanza')} kept for devices")
     return "\n".join(lines)
 
 

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING
 import structlog
 from lxml import etree
 
+from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.router import Router, RouterSettings
 from bouncer.core.effects import (
-    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushStored, HoldRoom, ReleaseRoom, Store, ToUpstream,
+    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushStored, HoldRoom, Mail, ReleaseRoom, ToUpstream,
 )
 from bouncer.core.events import (
     Event, Reconfigure, SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick,
     UpstreamDown, UpstreamReadHandled, UpstreamStanza, UpstreamUp,
 )
-from bouncer.core.ports import OfflineStore, RoomArchive, SessionPort, Transaction, UpstreamPort
+from bouncer.core.ports import Mailbox, RoomArchive, SessionPort, Transaction, UpstreamPort
 from bouncer.muc.routing import MucRouter
 from bouncer.muc.state import MucSettings
 from bouncer.xmpp import jid, stanza, wire
@@ -44,15 +45,13 @@ PRUNE_EVERY = 300.0  # seconds between applications of the archive's retention
 @dataclass
 class Account:
     router: Router
-    offline: OfflineStore
+    devices: DeviceBook
     transaction: Transaction
     upstream: UpstreamPort | None = None
+    retention: Retention = field(default_factory=lambda: Retention(30 * 86400.0, 90 * 86400.0))
     clock: Callable[[], float] = time.time  # wall clock: it stamps archived and stored stanzas
     _shutting_down: bool = False
     _pruned_at: float | None = None
-    # Stored ids written to a session's queue but not yet to its socket: not
-    # handed to another session meanwhile, and back in play if this one dies.
-    _flushing: dict[SessionPort, list[int]] = field(default_factory=dict)
 
     @property
     def muc(self) -> MucRouter:
@@ -97,10 +96,10 @@ class Account:
         return []
 
     def _session_closed(self, port: SessionPort) -> list[Effect]:
-        self._flushing.pop(port, None)
         session = self.router.session_of(port)
         if session is None:
             return []
+        self.devices.seen(session.resource, self.clock())
         log.info("session closed", session=session.resource, sessions=len(self.router.sessions) - 1)
         if self._shutting_down:
             return []  # the process ends, the clients did not leave: rooms and presence stay as they are
@@ -110,11 +109,13 @@ class Account:
         if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.muc.prune(now)
+            self.devices.prune(now, self.retention, live=set(self.router.sessions))
         return self.router.tick(now)
 
     def _reconfigure(self, config: Config) -> list[Effect]:
         self.router.reconfigure(router_settings(config))
         self.muc.reconfigure(muc_settings(config))
+        self.retention = retention(config)
         return self.router.refresh_presence()  # a new idle presence shows at once
 
     def _answer_failed(self, event: Event) -> None:
@@ -148,7 +149,8 @@ class Account:
                 for s in self.router.sessions.values()
             ],
             "rooms": self.muc.status(),
-            "stored": self.offline.count(),
+            "devices": self.devices.status(),
+            "stored": self.devices.mailbox.count(),
         }
 
     # ---- the executor ----------------------------------------------------------------
@@ -164,10 +166,10 @@ class Account:
                         self.router.upstream_refused(element)
                 case Bound(port, resource):
                     port.bound(resource)
+                    self.devices.bound(resource, self.clock())
                     log.info("session bound", session=resource, client=port.address, sessions=len(self.router.sessions))
-                case Store(element):
-                    row = self.offline.add(stanza.serialize(element), self.clock())
-                    log.info("stored for later", id=row, kind=stanza.kind(element), sender=element.get("from"))
+                case Mail(element, resources):
+                    self._mail(element, resources)
                 case FlushStored(resource):
                     self._flush_stored(resource)
                 case CloseSession(port, condition, text):
@@ -198,26 +200,40 @@ class Account:
         outs = (_writable(el, self.router.account) for el in stanzas)
         session.port.send_series([out if isinstance(out, bytes) else out.to(to) for out in outs])
 
+    def _mail(self, el: etree._Element, resources: tuple[str, ...]) -> None:
+        """Into the mailbox first (committed with the upstream read), then to the sessions."""
+        stored_id = self.devices.mailbox.add(stanza.serialize(el), self.clock())
+        out = _writable(el, self.router.account)
+        for resource in resources:
+            session = self.router.sessions.get(resource)
+            if session is not None and session.port.jid is not None:
+                session.port.send_serialized(out if isinstance(out, bytes) else out.to(session.port.jid))
+                self._confirm_later(resource, session.port, stored_id)
+        if not resources:
+            log.info("stored for later", id=stored_id, kind=stanza.kind(el), sender=el.get("from"))
+
     def _flush_stored(self, resource: str) -> None:
+        """What the session's device missed, with its delay, in order (SPEC §14)."""
         session = self.router.sessions.get(resource)
-        busy = {i for ids in self._flushing.values() for i in ids}
-        stored = [item for item in self.offline.pending() if item.id not in busy]
-        if session is None or not stored:
+        if session is None or session.port.jid is None:
             return
-        for item in stored:
+        missed = self.devices.missed(resource)
+        if not missed:
+            return
+        domain = jid.domain(self.router.account)
+        wires = []
+        for item in missed:
             el = stanza.parse_stored(item.stanza)
-            stanza.add_delay(el, item.received, jid.domain(self.router.account))
-            self._deliver((resource,), el)
-        ids = [item.id for item in stored]
-        port = session.port
-        self._flushing.setdefault(port, []).extend(ids)
+            stanza.add_delay(el, item.received, domain)
+            out = _writable(el, self.router.account)
+            wires.append(out if isinstance(out, bytes) else out.to(session.port.jid))
+        session.port.send_series(wires)
+        self._confirm_later(resource, session.port, missed[-1].id)
+        log.info("delivered stored stanzas", session=resource, count=len(missed))
 
-        def delivered() -> None:
-            self.offline.delete(ids)
-            self._flushing.pop(port, None)
-
-        port.after_flush(delivered)
-        log.info("delivered stored stanzas", session=resource, count=len(ids))
+    def _confirm_later(self, resource: str, port: SessionPort, stored_id: int) -> None:
+        """The device has ``stored_id`` once the session's writer put it on the socket."""
+        port.after_flush(lambda: self.devices.received(resource, stored_id, self.clock()))
 
 
 def _writable(el: etree._Element | Prepared, account: str) -> bytes | Prepared:
@@ -231,11 +247,12 @@ def _writable(el: etree._Element | Prepared, account: str) -> bytes | Prepared:
     return wire.prepare(el)
 
 
-def build_account(config: Config, archive: RoomArchive, offline: OfflineStore, transaction: Transaction) -> Account:
-    """The Account with its Router and room cache over these stores, as the config says."""
+def build_account(config: Config, archive: RoomArchive, mailbox: Mailbox, transaction: Transaction) -> Account:
+    """The Account with its Router, room cache and devices over these stores, as the config says."""
     muc = MucRouter(archive, muc_settings(config))
     muc.restore()
-    return Account(Router(router_settings(config), muc), offline, transaction)
+    return Account(Router(router_settings(config), muc), DeviceBook(mailbox), transaction,
+                   retention=retention(config))
 
 
 def router_settings(config: Config) -> RouterSettings:
@@ -257,3 +274,8 @@ def muc_settings(config: Config) -> MucSettings:
         max_age_days=config.history.max_age_days,
         max_messages=config.history.max_messages,
     )
+
+
+def retention(config: Config) -> Retention:
+    return Retention(max_age=config.sessions.backlog_max_age * 86400.0,
+                     forget_after=config.sessions.forget_after * 86400.0)

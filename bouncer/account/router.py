@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from bouncer.account.iqtrack import IqTracker
-from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushStored, Store, ToUpstream
+from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushStored, Mail, ToUpstream
 from bouncer.core.ports import SessionPort
 from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
@@ -269,7 +269,7 @@ class Router:
     def _upstream_message(self, el: Element) -> list[Effect]:
         if carbons.is_carbon(el) and jid.same_bare(el.get("from"), self.account) and jid.resource(el.get("from", "")) is None:
             targets = tuple(r for r, s in self.sessions.items() if s.carbons and s.presence is not None)
-            return [Deliver(targets, el)] if targets else [Store(el)]
+            return [Mail(el, targets)]
         return self._to_interested(el, keep=_worth_keeping(el))
 
     def _upstream_presence(self, el: Element) -> list[Effect]:
@@ -285,10 +285,12 @@ class Router:
         return self._to_interested(el, keep=False)
 
     def _to_interested(self, el: Element, *, keep: bool) -> list[Effect]:
+        """To every available session; kept in the mailbox too when it is worth keeping,
+        for the devices not here (SPEC §14)."""
         targets = self._available()
-        if targets:
-            return [Deliver(targets, el)]
-        return [Store(el)] if keep else []
+        if keep:
+            return [Mail(el, targets)]
+        return [Deliver(targets, el)] if targets else []
 
     # ---- upstream lifecycle ------------------------------------------------
     def upstream_established(self, full_jid: str, resumed: bool) -> list[Effect]:

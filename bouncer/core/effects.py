@@ -49,15 +49,18 @@ class Bound:
 
 
 @dataclass(frozen=True)
-class Store:
-    """Keep this stanza for the next session (nobody is connected, SPEC §5)."""
+class Mail:
+    """Keep this stanza in the mailbox for every device (SPEC §14), then deliver it to
+    these sessions; each one's device has it once it is written (or acknowledged)."""
 
     element: Element
+    resources: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class FlushStored:
-    """Deliver what was stored to this session, which just became available."""
+    """Deliver what the session's device has not received from the mailbox yet: it just
+    became available."""
 
     resource: str
 
@@ -85,4 +88,4 @@ class ReleaseRoom:
     jid: str
 
 
-Effect = ToUpstream | Deliver | DeliverSeries | Bound | Store | FlushStored | CloseSession | HoldRoom | ReleaseRoom
+Effect = ToUpstream | Deliver | DeliverSeries | Bound | Mail | FlushStored | CloseSession | HoldRoom | ReleaseRoom

@@ -49,6 +49,15 @@ class StoredStanza:
     stanza: bytes
 
 
+@dataclass(frozen=True)
+class Device:
+    """A resource that bound once, and the last mailbox id it received (SPEC §14)."""
+
+    resource: str
+    cursor: int
+    last_seen: float
+
+
 # ---- IO -------------------------------------------------------------------------------------
 class SessionPort(Protocol):
     """One downstream connection, as the account sees it."""
@@ -88,13 +97,17 @@ class RoomArchive(Protocol):
     def held(self) -> list[HeldRoom]: ...
 
 
-class OfflineStore(Protocol):
-    """Stanzas that reached the account while no session was there to take them."""
+class Mailbox(Protocol):
+    """1:1 stanzas kept, in arrival order, until every device has them (SPEC §14)."""
 
-    def add(self, stanza: bytes, received: float) -> int: ...
-    def pending(self) -> list[StoredStanza]: ...
-    def count(self) -> int: ...
-    def delete(self, ids: list[int]) -> None: ...
+    def add(self, stanza: bytes, received: float) -> int: ...  # its id, increasing
+    def since(self, cursor: int) -> list[StoredStanza]: ...  # ids above ``cursor``, in order
+    def count(self, cursor: int = 0) -> int: ...
+    def last_id(self) -> int: ...  # 0 when empty
+    def prune(self, upto: int, older_than: float) -> int: ...  # ids <= upto, and the old
+    def devices(self) -> list[Device]: ...
+    def save_device(self, device: Device) -> None: ...
+    def forget_device(self, resource: str) -> None: ...
 
 
 class Transaction(Protocol):

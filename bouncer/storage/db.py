@@ -47,6 +47,15 @@ MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
+    # 4: devices (every resource that ever bound) and the last stored stanza each one
+    # received: the offline table becomes a mailbox kept until every device has it (§14).
+    """
+    CREATE TABLE devices (
+        resource TEXT PRIMARY KEY,
+        cursor INTEGER NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from bouncer.core.ports import LOCAL_ID_PREFIX, ArchivedMessage, HeldRoom, StoredStanza
+from bouncer.core.ports import LOCAL_ID_PREFIX, ArchivedMessage, Device, HeldRoom, StoredStanza
 
 
 @dataclass
@@ -99,10 +99,11 @@ class MemoryArchive:
 
 
 @dataclass
-class MemoryOffline:
-    """``core.ports.OfflineStore`` as a list."""
+class MemoryMailbox:
+    """``core.ports.Mailbox`` as a list and a dict."""
 
     items: list[StoredStanza] = field(default_factory=list)
+    known: dict[str, Device] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def add(self, stanza: bytes, received: float) -> int:
@@ -110,15 +111,28 @@ class MemoryOffline:
         self.items.append(item)
         return item.id
 
-    def pending(self) -> list[StoredStanza]:
-        return list(self.items)
+    def since(self, cursor: int) -> list[StoredStanza]:
+        return [i for i in self.items if i.id > cursor]
 
-    def count(self) -> int:
-        return len(self.items)
+    def count(self, cursor: int = 0) -> int:
+        return len(self.since(cursor))
 
-    def delete(self, ids: list[int]) -> None:
-        gone = set(ids)
-        self.items = [i for i in self.items if i.id not in gone]
+    def last_id(self) -> int:
+        return max((i.id for i in self.items), default=0)
+
+    def prune(self, upto: int, older_than: float) -> int:
+        before = len(self.items)
+        self.items = [i for i in self.items if i.id > upto and i.received >= older_than]
+        return before - len(self.items)
+
+    def devices(self) -> list[Device]:
+        return sorted(self.known.values(), key=lambda d: d.resource)
+
+    def save_device(self, device: Device) -> None:
+        self.known[device.resource] = device
+
+    def forget_device(self, resource: str) -> None:
+        self.known.pop(resource, None)
 
 
 @dataclass

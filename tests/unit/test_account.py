@@ -6,12 +6,13 @@ import pytest
 from lxml import etree
 from structlog.testing import capture_logs
 
+from bouncer.account.devices import DeviceBook
 from bouncer.account.owner import Account
 from bouncer.core.events import (
     SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick, UpstreamReadHandled, UpstreamStanza,
     UpstreamUp,
 )
-from bouncer.storage.in_memory import MemoryArchive, MemoryOffline, NoTransaction
+from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
 from support.ports import RecordingPort, new_router
 
@@ -38,7 +39,7 @@ def x(text: str) -> etree._Element:
 
 @pytest.fixture
 def account() -> Account:
-    account = Account(new_router(ACCOUNT, MemoryArchive()), MemoryOffline(), NoTransaction(), Upstream())
+    account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), Upstream())
     account.handle(UpstreamUp(UP, resumed=False))
     return account
 
@@ -101,18 +102,53 @@ def test_the_tick_survives_a_bug_and_keeps_expiring_iqs(account, monkeypatch):
     assert timeout.find(f".//{{{ns.STANZA_ERRORS}}}remote-server-timeout") is not None and len(calls) == 2
 
 
-def test_stored_while_nobody_is_there_then_delivered_once_flushed(account):
-    chat = x(f"<message from='bob@example.org/x' to='{UP}' type='chat' id='c1'><body>hi</body></message>")
-    account.handle(UpstreamStanza(chat))
-    account.handle(UpstreamReadHandled())
-    assert account.offline.count() == 1
+def chat(n: int) -> UpstreamStanza:
+    return UpstreamStanza(x(f"<message from='bob@example.org/x' to='{UP}' type='chat' id='c{n}'><body>chat {n}</body>"
+                            f"<stanza-id xmlns='{ns.STANZA_ID}' by='{ACCOUNT}' id='sid{n}'/></message>"))
+
+
+def bodies(port: RecordingPort) -> list[str]:
+    return [el.findtext("{jabber:client}body") for el in received(port) if el.tag == "{jabber:client}message"]
+
+
+def test_each_device_gets_what_it_missed_exactly_once(account):
+    """Two devices known, both away: each one, coming back, gets every chat once, with
+    its delay and the server's stanza-id; what it already had is not sent again."""
+    for resource in ("phone", "laptop"):
+        account.handle(SessionClosed(session(account, resource)))
+    for n in (1, 2):
+        account.handle(chat(n))
     phone = session(account, "phone")
-    (got,) = [el for el in received(phone) if el.tag == "{jabber:client}message"]
-    assert got.findtext("{jabber:client}body") == "hi" and got.find(f"{{{ns.DELAY}}}delay") is not None
-    assert got.get("to") == f"{ACCOUNT}/phone"
-    assert account.offline.count() == 1  # not yet on the socket
+    assert bodies(phone) == ["chat 1", "chat 2"]
+    (first, _) = [el for el in received(phone) if el.tag == "{jabber:client}message"]
+    assert first.find(f"{{{ns.DELAY}}}delay") is not None and first.find(f"{{{ns.STANZA_ID}}}stanza-id").get("id") == "sid1"
+    assert first.get("to") == f"{ACCOUNT}/phone"
+    account.handle(chat(3))  # live, to the phone
+    assert bodies(phone) == ["chat 1", "chat 2", "chat 3"]
+    phone.flushed()  # the writer put it all on the socket
+    account.handle(SessionClosed(phone))
+    laptop = session(account, "laptop")
+    assert bodies(laptop) == ["chat 1", "chat 2", "chat 3"]  # the phone's having them changes nothing here
+    laptop.flushed()
+    again = session(account, "phone")
+    assert bodies(again) == []  # nothing twice
+    assert [d["backlog"] for d in account.status()["devices"]] == [0, 0]
+
+
+def test_what_was_not_written_is_sent_again(account):
+    phone = session(account, "phone")
+    account.handle(chat(1))
+    account.handle(SessionClosed(phone))  # the connection died before its writer got to it
+    assert bodies(session(account, "phone")) == ["chat 1"]
+
+
+def test_a_new_device_gets_what_nobody_got(account):
+    phone = session(account, "phone")
+    account.handle(chat(1))
     phone.flushed()
-    assert account.offline.count() == 0
+    account.handle(SessionClosed(phone))
+    account.handle(chat(2))
+    assert bodies(session(account, "tablet")) == ["chat 2"]
 
 
 def test_a_bind_replaces_the_holder_of_the_resource(account):

@@ -146,6 +146,8 @@ STATUS = {
                "sessions": ["phone"], "last_message": 1_003_590.0, "archived": 340},
               {"room": "quiet@muc.example.org", "nick": "al", "joined": False, "occupants": 0,
                "sessions": [], "last_message": None, "archived": 0}],
+    "devices": [{"resource": "laptop", "last_seen": 1_003_500.0, "backlog": 0},
+                {"resource": "tablet", "last_seen": 1_000_000.0, "backlog": 3}],
     "stored": 3,
     "bouncer": {"version": "0.1.0", "pid": 42, "started": 999_000.0, "ready": True,
                 "config": "/etc/bouncer/bouncer.yaml", "listen": ["127.0.0.1:5222"]},
@@ -167,7 +169,10 @@ def test_format_status() -> None:
     assert lines[8].startswith("  room@muc.example.org as alice: 12 occupants, 1 session (phone), last message ")
     assert lines[8].endswith(", 340 archived")
     assert lines[9] == "  quiet@muc.example.org as al (not joined): 0 occupants, 0 sessions, 0 archived"
-    assert lines[10] == "stored for the next client: 3 stanzas"
+    assert lines[10] == "devices: 2"
+    assert lines[11].startswith("  laptop: last seen ") and lines[11].endswith("(1m 40s), 0 stanzas waiting")
+    assert lines[12].endswith("(1h 0m), 3 stanzas waiting")
+    assert lines[13] == "mailbox: 3 stanzas kept for devices"
 
 
 def test_format_status_while_connecting() -> None:
@@ -178,4 +183,5 @@ def test_format_status_while_connecting() -> None:
         "upstream: connecting (attempt 3), last error: ConnectionRefusedError: refused",
         "sessions: 0",
         "rooms: 0",
+        "devices: 0",
     ]

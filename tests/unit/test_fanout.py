@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from lxml import etree
 
+from bouncer.account.devices import DeviceBook
 from bouncer.account.owner import Account
 from bouncer.core.events import SessionBind
-from bouncer.storage.in_memory import MemoryOffline, NoTransaction
+from bouncer.storage.in_memory import MemoryMailbox, NoTransaction
 from support.ports import RecordingPort, new_router
 
 ACCOUNT = "alice@example.org"
 
 
 def account_with(*resources: str) -> tuple[Account, dict[str, RecordingPort]]:
-    account = Account(new_router(ACCOUNT), MemoryOffline(), NoTransaction())
+    account = Account(new_router(ACCOUNT), DeviceBook(MemoryMailbox()), NoTransaction())
     ports = {}
     for resource in resources:
         ports[resource] = RecordingPort(ACCOUNT)

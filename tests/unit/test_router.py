@@ -5,7 +5,7 @@ from __future__ import annotations
 from lxml import etree
 
 from bouncer.xmpp import ns
-from bouncer.core.effects import Bound, CloseSession, Deliver, FlushStored, Store, ToUpstream
+from bouncer.core.effects import Bound, CloseSession, Deliver, FlushStored, Mail, ToUpstream
 from bouncer.account.router import Router
 from support.ports import RecordingPort, bind, new_router
 
@@ -42,7 +42,7 @@ def session(r: Router, res: str, *, available=True, carbons=False):
 def delivered(actions) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
     for a in actions:
-        if isinstance(a, Deliver):
+        if isinstance(a, (Deliver, Mail)):  # Mail: kept in the mailbox too, and delivered
             for res in a.resources:
                 out.setdefault(res, []).append(etree.tostring(a.element))
     return out
@@ -64,7 +64,7 @@ def test_message_to_bare_jid_reaches_every_available_session_once():
 def test_message_with_nobody_connected_is_stored_chat_states_are_not():
     r = router()
     msg = x(f"<message from='bob@example.org/x' to='{UP}' type='chat'><body>hi</body></message>")
-    assert from_up(r, msg) == [Store(msg)]
+    assert from_up(r, msg) == [Mail(msg, ())]
     state = x(f"<message from='bob@example.org/x' to='{UP}' type='chat'><composing xmlns='{ns.CHATSTATES}'/></message>")
     assert from_up(r, state) == []
 

@@ -7,11 +7,11 @@ import stat
 
 import pytest
 
-from bouncer.core.ports import HeldRoom
+from bouncer.core.ports import Device, HeldRoom
 from bouncer.storage.archive import SqliteArchive
 from bouncer.storage.db import MIGRATIONS, open_database
-from bouncer.storage.in_memory import MemoryArchive, MemoryOffline
-from bouncer.storage.offline import SqliteOffline
+from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox
+from bouncer.storage.mailbox import SqliteMailbox
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -20,30 +20,44 @@ def archive(request, tmp_path):
 
 
 @pytest.fixture(params=["sqlite", "memory"])
-def offline(request, tmp_path):
-    return SqliteOffline(open_database(tmp_path / "o.sqlite")) if request.param == "sqlite" else MemoryOffline()
+def mailbox(request, tmp_path):
+    return SqliteMailbox(open_database(tmp_path / "o.sqlite")) if request.param == "sqlite" else MemoryMailbox()
 
 
-def test_offline_store_keeps_arrival_order_until_deleted(offline):
-    ids = [offline.add(f"<m n='{i}'/>".encode(), 100.0 + i) for i in range(3)]
-    assert [p.id for p in offline.pending()] == ids and offline.pending()[1].received == 101.0
-    offline.delete(ids[:2])
-    assert [p.stanza for p in offline.pending()] == [b"<m n='2'/>"] and offline.count() == 1
+def test_mailbox_keeps_arrival_order_and_prunes_by_cursor_and_age(mailbox):
+    assert mailbox.last_id() == 0
+    ids = [mailbox.add(f"<m n='{i}'/>".encode(), 100.0 + i) for i in range(4)]
+    assert ids == sorted(ids) and mailbox.last_id() == ids[-1]
+    assert [p.id for p in mailbox.since(ids[0])] == ids[1:] and mailbox.since(ids[0])[0].received == 101.0
+    assert mailbox.count() == 4 and mailbox.count(ids[1]) == 2
+    assert mailbox.prune(ids[0], older_than=0.0) == 1  # every device has the first
+    assert mailbox.prune(0, older_than=102.0) == 1  # too old for anyone
+    assert [p.stanza for p in mailbox.since(0)] == [b"<m n='2'/>", b"<m n='3'/>"]
+    assert mailbox.add(b"<m/>", 200.0) > ids[-1]  # ids never come back
+
+
+def test_mailbox_devices(mailbox):
+    mailbox.save_device(Device("phone", 3, 10.0))
+    mailbox.save_device(Device("laptop", 1, 11.0))
+    mailbox.save_device(Device("phone", 5, 12.0))
+    assert mailbox.devices() == [Device("laptop", 1, 11.0), Device("phone", 5, 12.0)]
+    mailbox.forget_device("laptop")
+    assert mailbox.devices() == [Device("phone", 5, 12.0)]
 
 
 def test_created_on_first_open_and_reopened_without_loss(tmp_path):
     path = tmp_path / "b.sqlite"
     db = open_database(path)
-    store = SqliteOffline(db)
+    store = SqliteMailbox(db)
     ids = [store.add(f"<m n='{i}'/>".encode(), 100.0 + i) for i in range(3)]
+    store.save_device(Device("phone", ids[0], 1.0))
     db.close()
     db = open_database(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    store = SqliteOffline(db)
-    pending = store.pending()
+    store = SqliteMailbox(db)
+    pending = store.since(0)
     assert [p.id for p in pending] == ids and pending[0].stanza == b"<m n='0'/>" and pending[2].received == 102.0
-    store.delete(ids[:2])
-    assert [p.id for p in store.pending()] == ids[2:] and store.count() == 1
+    assert store.devices() == [Device("phone", ids[0], 1.0)]
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -105,7 +119,7 @@ def test_database_files_are_owner_only_whatever_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         db = open_database(tmp_path / "b.sqlite")
-        SqliteOffline(db).add(b"<message/>", 1.0)
+        SqliteMailbox(db).add(b"<message/>", 1.0)
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
         db.close()
     finally:
