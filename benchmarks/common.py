@@ -49,11 +49,8 @@ def fresh_prosody(workdir: Path) -> Iterator[Prosody]:
 @contextlib.contextmanager
 def running_bouncer(workdir: Path, prosody: Prosody, jid: str, password: str,
                     prepare: Callable[[Bouncer], None] | None = None, **config: dict) -> Iterator[Bouncer]:
-    """The bouncer for ``jid``, logging at info (debug logs every stanza and would distort figures).
-
-    ``config``: more config sections (as ``Bouncer`` takes them); ``prepare(bouncer)``
-    runs before it starts (e.g. to fill its database, ``bouncer.dir / "bouncer.sqlite"``).
-    """
+    """The bouncer for ``jid``, logging at info (debug logs every stanza and would distort figures);
+    ``config``: more config sections; ``prepare(bouncer)`` runs before it starts (e.g. fills its database)."""
     bouncer = Bouncer(Path(tempfile.mkdtemp(prefix="bouncer-", dir=workdir)), prosody, jid, password,
                       **{"log": {"level": "info"}, **config})
     if prepare is not None:
@@ -235,11 +232,9 @@ async def _sit_in(prosody: Prosody, room: str, nick: str, gate: asyncio.Semaphor
 class JoinWatch:
     """A data handler that notes when every room sent its self-presence (110) and subject.
 
-    It scans the session's decrypted bytes instead of parsing XML (as the fan-out
-    receivers do), so that 20 sessions joining ten rooms of 50 occupants at once
-    cost this process far less than they cost the server: a self-presence is the
-    ``<presence`` before a status code 110, a subject the ``<message`` before a
-    ``<subject``, and any ``<error`` fails the join. Each byte is looked at once.
+    It scans decrypted bytes, it parses no XML (20 sessions joining at once must cost this
+    process little): a self-presence is the ``<presence`` before a status code 110, a subject
+    the ``<message`` before a ``<subject``; any ``<error`` fails the join.
     """
 
     _MARK = re.compile(rb"""code=['"]110['"]|<subject[\s/>]|<error[\s/>]""")
@@ -314,10 +309,7 @@ async def join_many(clients: Sequence[RawClient], rooms: Sequence[str], nick: st
 
 async def join_all(client: RawClient, rooms: Sequence[str], nick: str = ACCOUNT_NICK,
                    history: str = "", timeout: float = 60) -> JoinResult:
-    """Join every room at once (pipelined); time until all self-presences and subjects arrived.
-
-    The session's further input goes to a byte handler: set another with ``on_data``.
-    """
+    """Join every room at once (pipelined); further input goes to a byte handler (``on_data``)."""
     return (await join_many([client], rooms, nick, history, timeout))[0]
 
 

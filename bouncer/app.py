@@ -382,6 +382,7 @@ def _stream_settings(config: Config, domain: str, account_jid: str) -> StreamSet
         tls_available=True,
         tls_required=config.listen.tls == "required",
         max_stanza_size=config.limits.max_stanza_size,
+        sm_max=int(config.sessions.hibernation),
     )
 
 

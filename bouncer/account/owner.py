@@ -19,19 +19,24 @@ from typing import TYPE_CHECKING
 import structlog
 from lxml import etree
 
+from bouncer.account import resumption
 from bouncer.account.devices import DeviceBook, Retention
-from bouncer.account.router import Router, RouterSettings
+from bouncer.account.resumption import HibernationLimits
+from bouncer.account.router import Router, RouterSettings, Session
 from bouncer.core.effects import (
-    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushStored, HoldRoom, Mail, ReleaseRoom, ToUpstream,
+    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushStored, HoldRoom, Mail, ReleaseRoom, Resumed,
+    ResumeFailed, ToUpstream,
 )
 from bouncer.core.events import (
-    Event, Reconfigure, SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick,
+    Event, Reconfigure, SessionAcked, SessionBind, SessionClosed, SessionNonza, SessionResume, SessionSmEnabled,
+    SessionStanza, Shutdown, Tick,
     UpstreamDown, UpstreamReadHandled, UpstreamStanza, UpstreamUp,
 )
 from bouncer.core.ports import Mailbox, RoomArchive, SessionPort, Transaction, UpstreamPort
 from bouncer.muc.routing import MucRouter
 from bouncer.muc.state import MucSettings
 from bouncer.xmpp import jid, stanza, wire
+from bouncer.xmpp.sm import MOD
 from bouncer.xmpp.wire import Prepared
 
 if TYPE_CHECKING:
@@ -49,6 +54,7 @@ class Account:
     transaction: Transaction
     upstream: UpstreamPort | None = None
     retention: Retention = field(default_factory=lambda: Retention(30 * 86400.0, 90 * 86400.0))
+    hibernation: HibernationLimits = field(default_factory=HibernationLimits)
     clock: Callable[[], float] = time.time  # wall clock: it stamps archived and stored stanzas
     _shutting_down: bool = False
     _pruned_at: float | None = None
@@ -80,8 +86,18 @@ class Account:
                 return self.router.bind(port, requested)
             case SessionNonza(port, element):
                 return self.router.nonza(port, element)
-            case SessionClosed(port):
-                return self._session_closed(port)
+            case SessionSmEnabled(port, state):
+                session = self.router.session_of(port)
+                if session is not None:
+                    session.sm = state
+            case SessionAcked(port):
+                session = self.router.session_of(port)
+                if session is not None:
+                    self._confirm_acked(session)
+            case SessionResume(port, previd, h):
+                return resumption.resume(self.router, port, previd, h)
+            case SessionClosed(port, by_client):
+                return self._session_closed(port, by_client)
             case UpstreamUp(full_jid, resumed):
                 return self.router.upstream_established(full_jid, resumed)
             case UpstreamDown():
@@ -95,14 +111,17 @@ class Account:
                 return [CloseSession(s.port, "system-shutdown") for s in self.router.sessions.values()]
         return []
 
-    def _session_closed(self, port: SessionPort) -> list[Effect]:
+    def _session_closed(self, port: SessionPort, by_client: bool) -> list[Effect]:
         session = self.router.session_of(port)
         if session is None:
             return []
         self.devices.seen(session.resource, self.clock())
-        log.info("session closed", session=session.resource, sessions=len(self.router.sessions) - 1)
         if self._shutting_down:
             return []  # the process ends, the clients did not leave: rooms and presence stay as they are
+        if resumption.resumable(session) and not by_client:
+            resumption.hibernate(session, self.hibernation, self.clock())
+            return []
+        log.info("session closed", session=session.resource, sessions=len(self.router.sessions) - 1)
         return self.router.session_gone(port)
 
     def _tick(self, now: float) -> list[Effect]:
@@ -110,12 +129,13 @@ class Account:
             self._pruned_at = now
             self.muc.prune(now)
             self.devices.prune(now, self.retention, live=set(self.router.sessions))
-        return self.router.tick(now)
+        return resumption.expired(self.router, self.hibernation, now) + self.router.tick(now)
 
     def _reconfigure(self, config: Config) -> list[Effect]:
         self.router.reconfigure(router_settings(config))
         self.muc.reconfigure(muc_settings(config))
         self.retention = retention(config)
+        self.hibernation = hibernation(config)
         return self.router.refresh_presence()  # a new idle presence shows at once
 
     def _answer_failed(self, event: Event) -> None:
@@ -143,7 +163,7 @@ class Account:
                     "since": s.port.since,
                     "available": s.presence is not None,
                     "csi": "active" if s.csi_active else "inactive",
-                    "sm": None,
+                    "sm": _sm_status(s),
                     "rooms": self.muc.joined_by(s.resource),
                 }
                 for s in self.router.sessions.values()
@@ -167,6 +187,10 @@ class Account:
                 case Bound(port, resource):
                     port.bound(resource)
                     self.devices.bound(resource, self.clock())
+                case Resumed(port, resource):
+                    self._resumed(port, resource)
+                case ResumeFailed(port, h):
+                    port.resume_failed(h)
                     log.info("session bound", session=resource, client=port.address, sessions=len(self.router.sessions))
                 case Mail(element, resources):
                     self._mail(element, resources)
@@ -207,8 +231,8 @@ class Account:
         for resource in resources:
             session = self.router.sessions.get(resource)
             if session is not None and session.port.jid is not None:
-                session.port.send_serialized(out if isinstance(out, bytes) else out.to(session.port.jid))
-                self._confirm_later(resource, session.port, stored_id)
+                wire = out if isinstance(out, bytes) else out.to(session.port.jid)
+                self._send_stored(session, [wire], stored_id)
         if not resources:
             log.info("stored for later", id=stored_id, kind=stanza.kind(el), sender=el.get("from"))
 
@@ -227,13 +251,46 @@ class Account:
             stanza.add_delay(el, item.received, domain)
             out = _writable(el, self.router.account)
             wires.append(out if isinstance(out, bytes) else out.to(session.port.jid))
-        session.port.send_series(wires)
-        self._confirm_later(resource, session.port, missed[-1].id)
+        self._send_stored(session, wires, missed[-1].id)
         log.info("delivered stored stanzas", session=resource, count=len(missed))
 
-    def _confirm_later(self, resource: str, port: SessionPort, stored_id: int) -> None:
-        """The device has ``stored_id`` once the session's writer put it on the socket."""
-        port.after_flush(lambda: self.devices.received(resource, stored_id, self.clock()))
+    def _send_stored(self, session: Session, wires: list[bytes], stored_id: int) -> None:
+        """Send mailbox stanzas; the device has them (up to ``stored_id``) once they are on
+        the socket, or, on an XEP-0198 stream, once the client acknowledged them."""
+        state, port, resource = session.sm, session.port, session.resource
+        sent_before = None if state is None else state.sent
+        port.send_series(wires)
+        if state is None:
+            port.after_flush(lambda: self.devices.received(resource, stored_id, self.clock()))
+        elif state.sent != sent_before:  # a full hibernation queue takes nothing more
+            session.unconfirmed.append((state.sent, stored_id))
+
+    def _confirm_acked(self, session: Session) -> None:
+        """The client's ``<a/>``: its device has the mailbox stanzas it acknowledged."""
+        state = session.sm
+        while state is not None and session.unconfirmed and _covers(state.acked, session.unconfirmed[0][0]):
+            _, stored_id = session.unconfirmed.popleft()
+            self.devices.received(session.resource, stored_id, self.clock())
+
+    def _resumed(self, port: SessionPort, resource: str) -> None:
+        session = self.router.sessions[resource]
+        assert session.sm is not None
+        port.resumed(session.sm, resource)
+        self.devices.seen(resource, self.clock())
+        self._confirm_acked(session)  # the <resume h=/> acknowledged what the client had
+
+
+def _covers(acked: int, marker: int) -> bool:
+    """Whether an SM ``h`` of ``acked`` includes the stanza that made the count ``marker``."""
+    return (acked - marker) % MOD < MOD // 2
+
+
+def _sm_status(session: Session) -> str | None:
+    if session.sm is None:
+        return None
+    if session.hibernated_at is not None:
+        return "hibernated"
+    return "resumable" if session.sm.id is not None else "enabled"
 
 
 def _writable(el: etree._Element | Prepared, account: str) -> bytes | Prepared:
@@ -252,7 +309,7 @@ def build_account(config: Config, archive: RoomArchive, mailbox: Mailbox, transa
     muc = MucRouter(archive, muc_settings(config))
     muc.restore()
     return Account(Router(router_settings(config), muc), DeviceBook(mailbox), transaction,
-                   retention=retention(config))
+                   retention=retention(config), hibernation=hibernation(config))
 
 
 def router_settings(config: Config) -> RouterSettings:
@@ -279,3 +336,8 @@ def muc_settings(config: Config) -> MucSettings:
 def retention(config: Config) -> Retention:
     return Retention(max_age=config.sessions.backlog_max_age * 86400.0,
                      forget_after=config.sessions.forget_after * 86400.0)
+
+
+def hibernation(config: Config) -> HibernationLimits:
+    return HibernationLimits(seconds=config.sessions.hibernation, max_stanzas=config.sessions.hibernation_queue,
+                             max_bytes=config.sessions.hibernation_queue_bytes)

@@ -21,6 +21,7 @@ from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
 from bouncer.xmpp import carbons, ids, jid, local_iq, ns, presence, stanza
 from bouncer.xmpp.ns import q
+from bouncer.xmpp.sm import StreamManagement
 
 Element = etree._Element
 
@@ -35,6 +36,10 @@ class Session:
     presence: Element | None = None  # last available broadcast presence; None: not available
     carbons: bool = False
     csi_active: bool = True  # XEP-0352: a session starts active
+    sm: StreamManagement[bytes] | None = None  # XEP-0198 enabled: its stream's counters and queue
+    hibernated_at: float | None = None  # its connection dropped then; it waits for a resume
+    # Mailbox ids delivered on an SM stream, with the sent count that acknowledges them.
+    unconfirmed: deque[tuple[int, int]] = field(default_factory=deque)
     # Contacts' presences wait for this roster request's answer: a server answers the
     # roster before presences arrive, and clients (poezio) drop presences of contacts
     # they do not know yet.

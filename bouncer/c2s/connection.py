@@ -23,8 +23,10 @@ from bouncer.c2s import stream as core
 from bouncer.c2s.admission import Admission
 from bouncer.c2s.outbox import Outbox
 from bouncer.c2s.throttle import LoginThrottle
-from bouncer.core.events import Event, SessionBind, SessionClosed, SessionNonza, SessionStanza
-from bouncer.xmpp import ids, ns, stanza
+from bouncer.core.events import (
+    Event, SessionAcked, SessionBind, SessionClosed, SessionNonza, SessionResume, SessionSmEnabled, SessionStanza,
+)
+from bouncer.xmpp import ids, ns, sm, stanza
 
 if TYPE_CHECKING:
     from bouncer.config import LimitsConfig
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bouncer.c2s")
 
 READ_SIZE = 65536
+ACK_TIMEOUT = 60.0  # seconds an <r/> may go unanswered before the connection counts as dead
 GIVE_BACK_ABOVE = 64 * 1024  # bytes of a partial stanza left behind
 _CLOSE = object()
 
@@ -89,6 +92,17 @@ class Connection:
         self.log = self.log.bind(session=resource)
         self._flush()
 
+    def resumed(self, state: sm.StreamManagement[bytes], resource: str) -> None:
+        self.resource = resource
+        self.stream.resume(state, f"{self.stream.username}@{self.stream.settings.domain}/{resource}")
+        self.log = self.log.bind(session=resource)
+        self.log.info("session resumed", unacked=len(state.unacked))
+        self._flush()
+
+    def resume_failed(self, h: int | None) -> None:
+        self.stream.resume_failed(h)
+        self._flush()
+
     def send_stanza(self, el: etree._Element) -> None:
         self.stream.send_stanza(el)
         self._flush()
@@ -112,6 +126,15 @@ class Connection:
         self._enqueue(_CLOSE)
 
     def _flush(self) -> None:
+        state = self.stream.sm
+        if state is not None and state.wants_request() and self.stream.phase is core.NegotiationPhase.OPEN:
+            # XEP-0198: ask for an <a/> in the same write as the stanzas, so that asking
+            # wakes the client no more often than the stanzas do.
+            loop = asyncio.get_running_loop()
+            self.stream.request_ack(loop.time())
+            if self._idle is not None and self._idle.when() > loop.time() + ACK_TIMEOUT:
+                self._idle.cancel()  # the check must come when the <a/> is overdue
+                self._idle = loop.call_later(ACK_TIMEOUT, self._idle_check)
         data = self.stream.data_to_send()
         if data:
             self._enqueue(data)
@@ -144,7 +167,7 @@ class Connection:
             if self.stream.holding() > GIVE_BACK_ABOVE:
                 memory.give_back()  # what the partial stanza took, once it is freed
             self._logged_in_or_gone()
-            self._to_account(SessionClosed(self))
+            self._to_account(SessionClosed(self, by_client=self.stream.ended_by_client))
             self._enqueue(_CLOSE)
             try:
                 await asyncio.wait_for(writer_task, 5)
@@ -182,6 +205,13 @@ class Connection:
                 self._to_account(SessionStanza(self, element))
             case core.NonzaReceived(element):
                 self._to_account(SessionNonza(self, element))
+            case core.SmEnabled():
+                assert self.stream.sm is not None
+                self._to_account(SessionSmEnabled(self, self.stream.sm))
+            case core.ResumeRequested(previd, h):
+                self._to_account(SessionResume(self, previd, h))
+            case core.Acked():
+                self._to_account(SessionAcked(self))
             case core.Closed(error):
                 if error:
                     self.log.info("stream error sent", condition=error)
@@ -250,7 +280,16 @@ class Connection:
             ping = stanza.make("iq", type="get", id=ids.new("idle"), to=self.jid)
             stanza.child(ping, ns.PING, "ping")
             self.send_stanza(ping)
+        state = self.stream.sm
+        if state is not None and state.overdue(now, ACK_TIMEOUT):
+            # The client stopped answering <r/>: its connection is gone (a phone that lost
+            # its network). Cut it; the account keeps the session for a resume.
+            self.log.info("no ack from the client, dropping the connection", seconds=ACK_TIMEOUT)
+            self._writer.transport.abort()
+            return
         due = self._pinged_at + grace if self._pinged_at is not None else self._heard + self._idle_timeout
+        if state is not None and state.requested_at is not None:
+            due = min(due, state.requested_at + ACK_TIMEOUT)
         self._idle = loop.call_at(max(due, now + 0.01), self._idle_check)
 
     def _host(self) -> str:

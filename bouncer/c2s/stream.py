@@ -115,8 +115,15 @@ class ResumeRequested:
     h: int
 
 
+@dataclass(frozen=True)
+class Acked:
+    """The client acknowledged stanzas (XEP-0198 ``<a/>``): ``h`` of them in all."""
+
+    h: int
+
+
 Event = (StartTls | AuthSucceeded | AuthFailed | BindRequested | StanzaReceived | NonzaReceived
-         | SmEnabled | ResumeRequested | Closed)
+         | SmEnabled | ResumeRequested | Acked | Closed)
 
 
 class ServerStream:
@@ -136,6 +143,7 @@ class ServerStream:
         self._bind_id: str | None = None
         self.sm: sm.StreamManagement[bytes] | None = None
         self._resume_h: int | None = None
+        self.ended_by_client = False
 
     # ---- input -------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Event]:
@@ -149,6 +157,7 @@ class ServerStream:
                 if isinstance(ev, StreamOpened):
                     self._on_header(ev)
                 elif isinstance(ev, StreamEnded):
+                    self.ended_by_client = True  # XEP-0198: a clean close ends the session too
                     self._close(None)
                 elif isinstance(ev, ElementReceived):
                     self._on_element(ev.element)
@@ -208,10 +217,11 @@ class ServerStream:
         self._out.extend(resend)
         self._transition("resumed")
 
-    def resume_failed(self) -> None:
-        """No such session (any more): the client binds a new one."""
+    def resume_failed(self, h: int | None = None) -> None:
+        """No such session (any more): the client binds a new one. ``h``: what the
+        session had received of the client's, when it is known."""
         self._resume_h = None
-        self._out.append(sm.failed("item-not-found"))
+        self._out.append(sm.failed("item-not-found", h))
 
     def bind(self, resource: str) -> None:
         """Answer the pending bind request with ``account@domain/resource``."""
@@ -380,9 +390,11 @@ class ServerStream:
         if self.sm is None:
             return self.stream_error("unsupported-stanza-type", "stream management is not enabled")
         try:
-            self.sm.on_ack(sm.parse_h(el))
+            h = sm.parse_h(el)
+            self.sm.on_ack(h)
         except sm.SmViolation as exc:
-            self._sm_violation(exc)
+            return self._sm_violation(exc)
+        self._events.append(Acked(h))
 
     def _sm_violation(self, exc: sm.SmViolation) -> None:
         self.stream_error(exc.condition, exc.text, exc.detail)

@@ -49,6 +49,22 @@ class Bound:
 
 
 @dataclass(frozen=True)
+class Resumed:
+    """The connection ``port`` takes over the hibernated session ``resource`` (XEP-0198)."""
+
+    port: SessionPort
+    resource: str
+
+
+@dataclass(frozen=True)
+class ResumeFailed:
+    """No session to resume: ``<failed/>`` (with what it had received, when known)."""
+
+    port: SessionPort
+    h: int | None = None
+
+
+@dataclass(frozen=True)
 class Mail:
     """Keep this stanza in the mailbox for every device (SPEC §14), then deliver it to
     these sessions; each one's device has it once it is written (or acknowledged)."""
@@ -88,4 +104,4 @@ class ReleaseRoom:
     jid: str
 
 
-Effect = ToUpstream | Deliver | DeliverSeries | Bound | Mail | FlushStored | CloseSession | HoldRoom | ReleaseRoom
+Effect = ToUpstream | Deliver | DeliverSeries | Bound | Resumed | ResumeFailed | Mail | FlushStored | CloseSession | HoldRoom | ReleaseRoom

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from bouncer.core.ports import SessionPort
+from bouncer.xmpp.sm import StreamManagement
 
 if TYPE_CHECKING:
     from bouncer.config import Config
@@ -45,10 +46,37 @@ class SessionNonza:
 
 
 @dataclass(frozen=True)
-class SessionClosed:
-    """The connection is gone (whether it was ever bound or not)."""
+class SessionSmEnabled:
+    """The session enabled XEP-0198; ``state`` is its stream's counters and unacked queue
+    (resumable when it has an id)."""
 
     port: SessionPort
+    state: StreamManagement[bytes]
+
+
+@dataclass(frozen=True)
+class SessionResume:
+    """A new connection asks to resume the XEP-0198 session ``previd``; it had ``h``."""
+
+    port: SessionPort
+    previd: str
+    h: int
+
+
+@dataclass(frozen=True)
+class SessionAcked:
+    """The session's client acknowledged stanzas (its stream's counters moved)."""
+
+    port: SessionPort
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """The connection is gone (whether it was ever bound or not). ``by_client``: the
+    client closed its stream (``</stream>``), which ends an XEP-0198 session too."""
+
+    port: SessionPort
+    by_client: bool = False
 
 
 # ---- the upstream link -------------------------------------------------------------------
@@ -103,7 +131,7 @@ class Shutdown:
 
 
 Event = (
-    SessionBind | SessionStanza | SessionNonza | SessionClosed
+    SessionBind | SessionStanza | SessionNonza | SessionSmEnabled | SessionResume | SessionAcked | SessionClosed
     | UpstreamEvent
     | Tick | Reconfigure | Shutdown
 )

@@ -16,6 +16,7 @@ from typing import Protocol
 from lxml import etree
 
 from bouncer.xmpp import ids
+from bouncer.xmpp.sm import StreamManagement
 
 # ---- records ------------------------------------------------------------------------------
 LOCAL_ID_PREFIX = ids.PREFIX  # then the archive's row id, for messages the room numbered not
@@ -69,6 +70,8 @@ class SessionPort(Protocol):
     def jid(self) -> str | None: ...  # the session's full JID once bound
 
     def bound(self, resource: str) -> None: ...
+    def resumed(self, state: StreamManagement[bytes], resource: str) -> None: ...  # XEP-0198
+    def resume_failed(self, h: int | None) -> None: ...
     def send_serialized(self, wire: bytes) -> None: ...  # one stanza
     def send_series(self, wires: list[bytes]) -> None: ...  # stanzas in order, one write
     def after_flush(self, callback: Callable[[], None]) -> None: ...

@@ -8,6 +8,7 @@ from bouncer.account.router import Router, RouterSettings
 from bouncer.muc.routing import MucRouter
 from bouncer.muc.state import MucSettings
 from bouncer.storage.in_memory import MemoryArchive
+from bouncer.xmpp.sm import StreamManagement
 
 
 class RecordingPort:
@@ -15,6 +16,9 @@ class RecordingPort:
 
     def __init__(self, account: str, address: str = "127.0.0.1:1") -> None:
         self.account = account
+        self.sm: StreamManagement[bytes] | None = None  # counts what it is sent, as a stream does
+        self.resume: tuple[str, list[bytes]] | None = None  # (resource, what a resume sent again)
+        self.failed: list[int | None] = []  # the h of each <failed/> sent
         self.address = address
         self.since = 0.0
         self.resource: str | None = None
@@ -31,9 +35,19 @@ class RecordingPort:
 
     def send_serialized(self, wire: bytes) -> None:
         self.wire.append(wire)
+        if self.sm is not None:
+            self.sm.on_sent(wire)
 
     def send_series(self, wires: list[bytes]) -> None:
-        self.wire.extend(wires)
+        for wire in wires:
+            self.send_serialized(wire)
+
+    def resumed(self, state: StreamManagement[bytes], resource: str) -> None:
+        self.resource, self.sm = resource, state
+        self.resume = (resource, list(state.unacked))
+
+    def resume_failed(self, h: int | None) -> None:
+        self.failed.append(h)
 
     def after_flush(self, callback: Callable[[], None]) -> None:
         self._after.append(callback)

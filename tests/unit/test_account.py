@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 from bouncer.account.devices import DeviceBook
 from bouncer.account.owner import Account
 from bouncer.core.events import (
-    SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick, UpstreamReadHandled, UpstreamStanza,
+    SessionBind, SessionClosed, SessionNonza, SessionStanza, Shutdown, Tick, UpstreamStanza,
     UpstreamUp,
 )
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
