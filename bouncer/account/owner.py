@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
-from lxml import etree
 
 from bouncer.account import resumption
+from bouncer.account.delivery import Delivery
 from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.resumption import HibernationLimits
 from bouncer.account.router import Router, RouterSettings, Session
 from bouncer.core.effects import (
-    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushStored, HoldRoom, Mail, ReleaseRoom, Resumed,
+    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushHeld, FlushStored, HoldRoom, Mail, ReleaseRoom, Resumed,
     ResumeFailed, ToUpstream,
 )
 from bouncer.core.events import (
@@ -35,9 +35,7 @@ from bouncer.core.events import (
 from bouncer.core.ports import Mailbox, RoomArchive, SessionPort, Transaction, UpstreamPort
 from bouncer.muc.routing import MucRouter
 from bouncer.muc.state import MucSettings
-from bouncer.xmpp import jid, stanza, wire
-from bouncer.xmpp.sm import MOD
-from bouncer.xmpp.wire import Prepared
+from bouncer.xmpp import jid, stanza
 
 if TYPE_CHECKING:
     from bouncer.config import Config
@@ -58,6 +56,10 @@ class Account:
     clock: Callable[[], float] = time.time  # wall clock: it stamps archived and stored stanzas
     _shutting_down: bool = False
     _pruned_at: float | None = None
+    delivery: Delivery = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delivery = Delivery(self.router, self.devices, self.clock)
 
     @property
     def muc(self) -> MucRouter:
@@ -93,7 +95,7 @@ class Account:
             case SessionAcked(port):
                 session = self.router.session_of(port)
                 if session is not None:
-                    self._confirm_acked(session)
+                    self.delivery.confirm_acked(session)
             case SessionResume(port, previd, h):
                 return resumption.resume(self.router, port, previd, h)
             case SessionClosed(port, by_client):
@@ -120,6 +122,7 @@ class Account:
             return []  # the process ends, the clients did not leave: rooms and presence stay as they are
         if resumption.resumable(session) and not by_client:
             resumption.hibernate(session, self.hibernation, self.clock())
+            self.delivery.flush_held(session.resource)  # into the queue the resume sends
             return []
         log.info("session closed", session=session.resource, sessions=len(self.router.sessions) - 1)
         return self.router.session_gone(port)
@@ -178,9 +181,9 @@ class Account:
         for effect in effects:
             match effect:
                 case Deliver(resources, element):
-                    self._deliver(resources, element)
+                    self.delivery.deliver(resources, element)
                 case DeliverSeries(resource, stanzas):
-                    self._deliver_series(resource, stanzas)
+                    self.delivery.series(resource, stanzas)
                 case ToUpstream(element):
                     if self.upstream is None or not self.upstream.send(element):
                         self.router.upstream_refused(element)
@@ -193,9 +196,11 @@ class Account:
                     port.resume_failed(h)
                     log.info("session bound", session=resource, client=port.address, sessions=len(self.router.sessions))
                 case Mail(element, resources):
-                    self._mail(element, resources)
+                    self.delivery.mail(element, resources)
                 case FlushStored(resource):
-                    self._flush_stored(resource)
+                    self.delivery.flush_stored(resource)
+                case FlushHeld(resource):
+                    self.delivery.flush_held(resource)
                 case CloseSession(port, condition, text):
                     port.stream_error(condition, text)
                 case HoldRoom(room):
@@ -203,86 +208,12 @@ class Account:
                 case ReleaseRoom(room_jid):
                     self.muc.state.archive.release(room_jid)
 
-    def _deliver(self, resources: tuple[str, ...], el: etree._Element | Prepared) -> None:
-        """Send to each session; serialised once, with only ``to`` swapped per session.
-
-        A ``to`` naming a full JID of the account (the upstream one, or a
-        sibling's) becomes each recipient's own full JID.
-        """
-        ports = [s.port for s in map(self.router.sessions.get, resources) if s is not None and s.port.jid]
-        if not ports:
-            return
-        out = _writable(el, self.router.account)
-        for port in ports:
-            port.send_serialized(out if isinstance(out, bytes) else out.to(port.jid))  # type: ignore[arg-type]
-
-    def _deliver_series(self, resource: str, stanzas: tuple[etree._Element | Prepared, ...]) -> None:
-        session = self.router.sessions.get(resource)
-        to = None if session is None else session.port.jid
-        if session is None or to is None:
-            return
-        outs = (_writable(el, self.router.account) for el in stanzas)
-        session.port.send_series([out if isinstance(out, bytes) else out.to(to) for out in outs])
-
-    def _mail(self, el: etree._Element, resources: tuple[str, ...]) -> None:
-        """Into the mailbox first (committed with the upstream read), then to the sessions."""
-        stored_id = self.devices.mailbox.add(stanza.serialize(el), self.clock())
-        out = _writable(el, self.router.account)
-        for resource in resources:
-            session = self.router.sessions.get(resource)
-            if session is not None and session.port.jid is not None:
-                wire = out if isinstance(out, bytes) else out.to(session.port.jid)
-                self._send_stored(session, [wire], stored_id)
-        if not resources:
-            log.info("stored for later", id=stored_id, kind=stanza.kind(el), sender=el.get("from"))
-
-    def _flush_stored(self, resource: str) -> None:
-        """What the session's device missed, with its delay, in order (SPEC §14)."""
-        session = self.router.sessions.get(resource)
-        if session is None or session.port.jid is None:
-            return
-        missed = self.devices.missed(resource)
-        if not missed:
-            return
-        domain = jid.domain(self.router.account)
-        wires = []
-        for item in missed:
-            el = stanza.parse_stored(item.stanza)
-            stanza.add_delay(el, item.received, domain)
-            out = _writable(el, self.router.account)
-            wires.append(out if isinstance(out, bytes) else out.to(session.port.jid))
-        self._send_stored(session, wires, missed[-1].id)
-        log.info("delivered stored stanzas", session=resource, count=len(missed))
-
-    def _send_stored(self, session: Session, wires: list[bytes], stored_id: int) -> None:
-        """Send mailbox stanzas; the device has them (up to ``stored_id``) once they are on
-        the socket, or, on an XEP-0198 stream, once the client acknowledged them."""
-        state, port, resource = session.sm, session.port, session.resource
-        sent_before = None if state is None else state.sent
-        port.send_series(wires)
-        if state is None:
-            port.after_flush(lambda: self.devices.received(resource, stored_id, self.clock()))
-        elif state.sent != sent_before:  # a full hibernation queue takes nothing more
-            session.unconfirmed.append((state.sent, stored_id))
-
-    def _confirm_acked(self, session: Session) -> None:
-        """The client's ``<a/>``: its device has the mailbox stanzas it acknowledged."""
-        state = session.sm
-        while state is not None and session.unconfirmed and _covers(state.acked, session.unconfirmed[0][0]):
-            _, stored_id = session.unconfirmed.popleft()
-            self.devices.received(session.resource, stored_id, self.clock())
-
     def _resumed(self, port: SessionPort, resource: str) -> None:
         session = self.router.sessions[resource]
         assert session.sm is not None
         port.resumed(session.sm, resource)
         self.devices.seen(resource, self.clock())
-        self._confirm_acked(session)  # the <resume h=/> acknowledged what the client had
-
-
-def _covers(acked: int, marker: int) -> bool:
-    """Whether an SM ``h`` of ``acked`` includes the stanza that made the count ``marker``."""
-    return (acked - marker) % MOD < MOD // 2
+        self.delivery.confirm_acked(session)  # the <resume h=/> acknowledged what the client had
 
 
 def _sm_status(session: Session) -> str | None:
@@ -291,17 +222,6 @@ def _sm_status(session: Session) -> str | None:
     if session.hibernated_at is not None:
         return "hibernated"
     return "resumable" if session.sm.id is not None else "enabled"
-
-
-def _writable(el: etree._Element | Prepared, account: str) -> bytes | Prepared:
-    """The bytes every session gets, or bytes to address to each: a ``to`` naming a full
-    JID of the account becomes each recipient's own full JID."""
-    if isinstance(el, Prepared):
-        return el
-    to = el.get("to")
-    if to is None or jid.resource(to) is None or not jid.same_bare(to, account):
-        return stanza.serialize(el)
-    return wire.prepare(el)
 
 
 def build_account(config: Config, archive: RoomArchive, mailbox: Mailbox, transaction: Transaction) -> Account:

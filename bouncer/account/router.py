@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from bouncer.account.held import Held
 from bouncer.account.iqtrack import IqTracker
-from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushStored, Mail, ToUpstream
+from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushHeld, FlushStored, Mail, ToUpstream
 from bouncer.core.ports import SessionPort
 from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
@@ -40,6 +41,7 @@ class Session:
     hibernated_at: float | None = None  # its connection dropped then; it waits for a resume
     # Mailbox ids delivered on an SM stream, with the sent count that acknowledges them.
     unconfirmed: deque[tuple[int, int]] = field(default_factory=deque)
+    held: Held = field(default_factory=Held)  # what its inactive client does not get yet
     # Contacts' presences wait for this roster request's answer: a server answers the
     # roster before presences arrive, and clients (poezio) drop presences of contacts
     # they do not know yet.
@@ -116,11 +118,11 @@ class Router:
         return actions
 
     def nonza(self, port: SessionPort, el: Element) -> list[Effect]:
-        """CSI state is recorded (its filtering comes with SPEC §9); anything else is refused."""
+        """XEP-0352 client state: an active client gets what was held for it; anything else is refused."""
         session = self.session_of(port)
         if session is not None and el.tag in (q(ns.CSI, "active"), q(ns.CSI, "inactive")):
             session.csi_active = el.tag == q(ns.CSI, "active")
-            return []
+            return [FlushHeld(session.resource)] if session.csi_active else []
         return [CloseSession(port, "unsupported-stanza-type", f"unexpected {el.tag}")]
 
     # ---- from a session ----------------------------------------------------

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bouncer.c2s")
 
 READ_SIZE = 65536
-ACK_TIMEOUT = 60.0  # seconds an <r/> may go unanswered before the connection counts as dead
 GIVE_BACK_ABOVE = 64 * 1024  # bytes of a partial stanza left behind
 _CLOSE = object()
 
@@ -77,6 +76,9 @@ class Connection:
         self._admission = admission  # counts this connection until it logs in or goes
         self._login_timeout = limits.login_timeout
         self._idle_timeout = limits.idle_timeout
+        # Seconds an answer may take (to our ping, or to an XEP-0198 <r/>) before the
+        # connection counts as dead.
+        self._grace = min(limits.idle_timeout, 60.0)
         self._heard = 0.0  # loop time of the last bytes from the client
         self._pinged_at: float | None = None  # our idle ping in flight
         self._idle: asyncio.TimerHandle | None = None
@@ -132,9 +134,9 @@ class Connection:
             # wakes the client no more often than the stanzas do.
             loop = asyncio.get_running_loop()
             self.stream.request_ack(loop.time())
-            if self._idle is not None and self._idle.when() > loop.time() + ACK_TIMEOUT:
+            if self._idle is not None and self._idle.when() > loop.time() + self._grace:
                 self._idle.cancel()  # the check must come when the <a/> is overdue
-                self._idle = loop.call_later(ACK_TIMEOUT, self._idle_check)
+                self._idle = loop.call_later(self._grace, self._idle_check)
         data = self.stream.data_to_send()
         if data:
             self._enqueue(data)
@@ -271,7 +273,7 @@ class Connection:
         """Ping a session silent for ``idle_timeout``; close it when the ping goes unanswered
         (any bytes count as an answer)."""
         loop = asyncio.get_running_loop()
-        now, grace = loop.time(), min(self._idle_timeout, 60.0)
+        now, grace = loop.time(), self._grace
         if self._pinged_at is not None and now - self._pinged_at >= grace:
             self.log.info("session silent, closing", seconds=round(now - self._heard))
             return self.stream_error("connection-timeout", "no answer to a ping")
@@ -281,15 +283,15 @@ class Connection:
             stanza.child(ping, ns.PING, "ping")
             self.send_stanza(ping)
         state = self.stream.sm
-        if state is not None and state.overdue(now, ACK_TIMEOUT):
+        if state is not None and state.overdue(now, grace):
             # The client stopped answering <r/>: its connection is gone (a phone that lost
             # its network). Cut it; the account keeps the session for a resume.
-            self.log.info("no ack from the client, dropping the connection", seconds=ACK_TIMEOUT)
+            self.log.info("no ack from the client, dropping the connection", seconds=grace)
             self._writer.transport.abort()
             return
         due = self._pinged_at + grace if self._pinged_at is not None else self._heard + self._idle_timeout
         if state is not None and state.requested_at is not None:
-            due = min(due, state.requested_at + ACK_TIMEOUT)
+            due = min(due, state.requested_at + grace)
         self._idle = loop.call_at(max(due, now + 0.01), self._idle_check)
 
     def _host(self) -> str:

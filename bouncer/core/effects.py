@@ -82,6 +82,13 @@ class FlushStored:
 
 
 @dataclass(frozen=True)
+class FlushHeld:
+    """The session's client became active (XEP-0352): what was held goes out, in one write."""
+
+    resource: str
+
+
+@dataclass(frozen=True)
 class CloseSession:
     """End a connection with a stream error (replaced by a new bind, bad input, shutdown)."""
 
@@ -104,4 +111,4 @@ class ReleaseRoom:
     jid: str
 
 
-Effect = ToUpstream | Deliver | DeliverSeries | Bound | Resumed | ResumeFailed | Mail | FlushStored | CloseSession | HoldRoom | ReleaseRoom
+Effect = ToUpstream | Deliver | DeliverSeries | Bound | Resumed | ResumeFailed | Mail | FlushStored | FlushHeld | CloseSession | HoldRoom | ReleaseRoom

@@ -22,7 +22,8 @@ class RecordingPort:
         self.address = address
         self.since = 0.0
         self.resource: str | None = None
-        self.wire: list[bytes] = []
+        self.wire: list[bytes] = []  # every stanza written
+        self.writes = 0  # calls that wrote (a series is one write)
         self.errors: list[tuple[str, str | None]] = []
         self._after: list[Callable[[], None]] = []
 
@@ -34,13 +35,14 @@ class RecordingPort:
         self.resource = resource
 
     def send_serialized(self, wire: bytes) -> None:
-        self.wire.append(wire)
-        if self.sm is not None:
-            self.sm.on_sent(wire)
+        self.send_series([wire])
 
     def send_series(self, wires: list[bytes]) -> None:
-        for wire in wires:
-            self.send_serialized(wire)
+        self.writes += 1
+        self.wire.extend(wires)
+        if self.sm is not None:
+            for wire in wires:
+                self.sm.on_sent(wire)
 
     def resumed(self, state: StreamManagement[bytes], resource: str) -> None:
         self.resource, self.sm = resource, state

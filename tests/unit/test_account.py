@@ -190,3 +190,52 @@ def test_reconfigure_changes_what_the_account_decides_from_now_on(account):
     (idle,) = account.upstream.sent  # type: ignore[union-attr]
     assert idle.findtext("{jabber:client}show") == "xa" and idle.findtext("{jabber:client}status") == "on a walk"
     assert account.router.iqs.timeout == 5.0 and account.router.muc.settings.leave_when_unused
+
+
+def occupant_presence(nick: str, show: str | None = None) -> UpstreamStanza:
+    body = f"<show>{show}</show>" if show else ""
+    return UpstreamStanza(x(f"<presence from='{ROOM}/{nick}' to='{UP}'>{body}<x xmlns='{ns.MUC_USER}'>"
+                            f"<item affiliation='none' role='participant'/></x></presence>"))
+
+
+def test_an_inactive_client_gets_bodies_at_once_and_presences_on_active_coalesced_and_stamped(account):
+    phone = session(account, "phone")
+    join = f"<presence from='{phone.jid}' to='{ROOM}/alice'><x xmlns='{ns.MUC}'/></presence>"
+    account.handle(SessionStanza(phone, x(join)))
+    for el in (occupant_presence("bob"),
+               UpstreamStanza(x(f"<presence from='{ROOM}/alice' to='{UP}'><x xmlns='{ns.MUC_USER}'><item affiliation='none' role='participant'/><status code='110'/></x></presence>")),
+               UpstreamStanza(x(f"<message from='{ROOM}' to='{UP}' type='groupchat'><subject>s</subject></message>"))):
+        account.handle(el)
+    account.handle(SessionNonza(phone, etree.Element(f"{{{ns.CSI}}}inactive")))
+    writes = len(phone.wire)
+    account.handle(occupant_presence("carol"))
+    account.handle(occupant_presence("bob", "away"))
+    account.handle(occupant_presence("bob", "dnd"))  # replaces bob's away
+    assert len(phone.wire) == writes  # nothing yet
+    calls = phone.writes
+    account.handle(UpstreamStanza(x(f"<message from='{ROOM}/bob' to='{UP}' type='groupchat'><body>hi</body>"
+                                    f"<stanza-id xmlns='{ns.STANZA_ID}' by='{ROOM}' id='s1'/></message>")))
+    got = received(phone)[writes:]
+    assert [(g.get("from"), g.findtext("{jabber:client}show")) for g in got] == [
+        (f"{ROOM}/carol", None), (f"{ROOM}/bob", "dnd"), (f"{ROOM}/bob", None)]  # held ones first
+    assert phone.writes == calls + 1  # in one write
+    assert all(g.find(f"{{{ns.DELAY}}}delay") is not None for g in got[:2]) and got[2].findtext("{jabber:client}body") == "hi"
+    assert all(g.get("to") == phone.jid for g in got)
+    writes = len(phone.wire)
+    account.handle(occupant_presence("dave"))
+    assert len(phone.wire) == writes
+    account.handle(SessionNonza(phone, etree.Element(f"{{{ns.CSI}}}active")))
+    (dave,) = received(phone)[writes:]
+    assert dave.get("from") == f"{ROOM}/dave" and dave.find(f"{{{ns.DELAY}}}delay") is not None
+    assert account.router.muc.rooms[ROOM].occupants["dave"].find(f"{{{ns.DELAY}}}delay") is None  # the cache is untouched
+
+
+def test_the_held_queue_is_flushed_when_full(account):
+    from bouncer.account.held import HELD_MAX
+
+    phone = session(account, "phone")
+    account.handle(SessionNonza(phone, etree.Element(f"{{{ns.CSI}}}inactive")))
+    writes = len(phone.wire)
+    for n in range(HELD_MAX):
+        account.handle(UpstreamStanza(x(f"<presence from='c{n}@example.org/x' to='{UP}'/>")))
+    assert len(received(phone)[writes:]) == HELD_MAX

@@ -28,7 +28,7 @@ def test_each_session_gets_its_own_to_and_the_same_payload():
         "<message xmlns='jabber:client' from='room@muc/bob' to='alice@example.org/bouncer' type='groupchat'>"
         "<body>to=\"alice@example.org/a\" ünïcode</body><x xmlns='urn:x' a='1'/></message>"
     )
-    account._deliver(("a", 'we"ird&<', "gone"), el)
+    account.delivery.deliver(("a", 'we"ird&<', "gone"), el)
     for resource, port in ports.items():
         (wire,) = port.wire
         got = etree.fromstring(wire)
@@ -41,5 +41,5 @@ def test_each_session_gets_its_own_to_and_the_same_payload():
 def test_bare_to_is_kept():
     account, ports = account_with("a")
     el = etree.fromstring("<message xmlns='jabber:client' to='alice@example.org'><body>x</body></message>")
-    account._deliver(("a",), el)
+    account.delivery.deliver(("a",), el)
     assert etree.fromstring(ports["a"].wire[0]).get("to") == "alice@example.org"

@@ -1,0 +1,99 @@
+"""Phones through the bouncer (SPEC §9, §14): XEP-0198 sessions that survive their
+connection, and a backlog per device. Real Prosody upstream, slixmpp with its
+XEP-0198 plugin downstream."""
+
+from __future__ import annotations
+
+import asyncio
+
+from integration_setup import make_setup
+from support.clients import Client, close, connect
+from support.upstream import Blackhole
+
+TIMEOUT = 15
+
+
+def numbers(client: Client, prefix: str) -> list[int]:
+    """The numbered chats ``client`` received, in the order it got them (repeats kept)."""
+    out = []
+    for el in client.received:
+        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
+        if body and body.startswith(prefix):
+            out.append(int(body[len(prefix):]))
+    return out
+
+
+async def phone(s, resource: str = "phone") -> Client:
+    """A session with slixmpp's XEP-0198 plugin, enabled and resumable."""
+    client = Client(f"{s.alice}/{resource}", s.password)
+    client.register_plugin("xep_0198")
+    enabled = asyncio.Event()
+    client.add_event_handler("sm_enabled", lambda _e: enabled.set())
+    client.connect(host="127.0.0.1", port=s.port)
+    await asyncio.wait_for(enabled.wait(), TIMEOUT)
+    assert client.plugin["xep_0198"].sm_id
+    return client
+
+
+async def until(predicate, timeout: float = TIMEOUT) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_phone_cut_off_resumes_and_gets_every_chat_once_in_order(prosody, tmp_path):
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    mobile = await phone(s)
+    for n in range(1, 21):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await until(lambda: numbers(mobile, "n")[-1:] == [20])
+    mobile.transport.pause_reading()  # what comes now is in flight when the network goes
+    for n in range(21, 31):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await asyncio.sleep(0.5)  # written by the bouncer, never read by the phone
+    mobile.transport.abort()  # the network is gone: no </stream>
+    await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="phone")
+    assert numbers(mobile, "n") == list(range(1, 21))
+    for n in range(31, 41):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    resumed = asyncio.Event()
+    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
+    await asyncio.sleep(0.5)  # let bob's chats reach the hibernated session
+    mobile.connect(host="127.0.0.1", port=s.port)
+    await asyncio.wait_for(resumed.wait(), TIMEOUT)
+    await until(lambda: numbers(mobile, "n")[-1:] == [40])
+    assert numbers(mobile, "n") == list(range(1, 41))  # every one, once, in order
+    assert s.bouncer.count("session resumed") == 1 and s.bouncer.count("session ended") == 0
+    await close(mobile, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_a_phone_that_vanished_without_a_word_hibernates_and_resumes(prosody, tmp_path):
+    """No FIN, no RST (a NAT entry expired): the client stops answering <r/>, and the
+    bouncer drops the connection after the grace time instead of writing into the void."""
+    s = make_setup(prosody, tmp_path, limits={"idle_timeout": 2})
+    await asyncio.to_thread(s.bouncer.start)
+    relay = await Blackhole(s.port).start()
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    mobile = Client(f"{s.alice}/phone", s.password)
+    mobile.register_plugin("xep_0198")
+    enabled = asyncio.Event()
+    mobile.add_event_handler("sm_enabled", lambda _e: enabled.set())
+    mobile.connect(host="127.0.0.1", port=relay.port)
+    await asyncio.wait_for(enabled.wait(), TIMEOUT)
+    relay.cut()
+    bob.send_message(mto=s.alice, mbody="n1", mtype="chat")
+    await asyncio.to_thread(s.bouncer.wait_event, "no ack from the client, dropping the connection", timeout=10)
+    await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="phone")
+    mobile.transport.abort()
+    resumed = asyncio.Event()
+    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
+    mobile.connect(host="127.0.0.1", port=s.port)
+    await asyncio.wait_for(resumed.wait(), TIMEOUT)
+    await until(lambda: numbers(mobile, "n") == [1])
+    await close(mobile, bob)
+    await relay.close()
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
