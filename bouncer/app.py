@@ -107,6 +107,7 @@ class Service:
 
         self.account = build_account(config, SqliteArchive(self.db), SqliteMailbox(self.db), GroupCommit(self.db))
         self.restart_state = RestartState(self.db)
+        self._take_sessions()
         self.link = _upstream_link(config, self._on_upstream, self._take_handover())
         self.account.upstream = self.link
 
@@ -148,6 +149,8 @@ class Service:
             # contacts and rooms must see nothing of a restart.
             self._save_handover(await self.link.suspend())
         if self.account is not None:
+            if not quiet:
+                self._save_sessions()
             self.account.handle(Shutdown())
         if listener is not None:
             tasks = set(listener.tasks)
@@ -192,6 +195,23 @@ class Service:
         self.restart_state.save("upstream", saved_upstream.dump(state, _upstream_settings(self.config).full_jid), now)
         self.restart_state.save("account", handover.dump(self.account.router), now)
         log.info("upstream session saved for the next run", unacked=len(state.unacked))
+
+    # ---- the downstream XEP-0198 sessions across restarts -----------------------------------
+    def _save_sessions(self) -> None:
+        assert self.account is not None
+        data = self.account.save_sessions()
+        self.restart_state.save("sessions", data, time.time())
+        if data["sessions"]:
+            log.info("sessions saved for the next run", sessions=[s["resource"] for s in data["sessions"]])
+
+    def _take_sessions(self) -> None:
+        assert self.account is not None
+        saved = self.restart_state.take("sessions")
+        if saved is not None:
+            restored = self.account.restore_sessions(saved[1])
+            if restored:
+                log.info("sessions saved by the last run, waiting for their clients", sessions=restored,
+                         age=round(time.time() - saved[0], 1))
 
     async def _tick(self, interval: float = 1.0) -> None:
         """Time passing, as an event for the account (it has no clock of its own)."""

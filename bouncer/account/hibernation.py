@@ -52,6 +52,9 @@ class Hibernation:
     def stream_error(self, condition: str, text: str | None = None) -> None:
         """No stream to end: the account ends the session itself."""
 
+    def cut(self) -> None:
+        """No connection to cut."""
+
     def bound(self, resource: str) -> None:
         raise RuntimeError("a hibernated session does not bind")
 

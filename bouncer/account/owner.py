@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bouncer.account import resumption
+from bouncer.account import resumption, saved_sessions
 from bouncer.account.delivery import Delivery
 from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.resumption import HibernationLimits
 from bouncer.account.router import Router, RouterSettings, Session
 from bouncer.core.effects import (
-    Bound, CloseSession, Deliver, DeliverSeries, Effect, FlushHeld, FlushStored, HoldRoom, Mail, ReleaseRoom, Resumed,
+    Bound, CloseSession, Cut, Deliver, DeliverSeries, Effect, FlushHeld, FlushStored, HoldRoom, Mail, ReleaseRoom, Resumed,
     ResumeFailed, ToUpstream,
 )
 from bouncer.core.events import (
@@ -109,8 +109,10 @@ class Account:
             case Reconfigure(config):
                 return self._reconfigure(config)
             case Shutdown():
+                # Resumable sessions were saved for the next process: cut, they resume there.
                 self._shutting_down = True
-                return [CloseSession(s.port, "system-shutdown") for s in self.router.sessions.values()]
+                return [Cut(s.port) if resumption.resumable(s) else CloseSession(s.port, "system-shutdown")
+                        for s in self.router.sessions.values()]
         return []
 
     def _session_closed(self, port: SessionPort, by_client: bool) -> list[Effect]:
@@ -152,6 +154,18 @@ class Account:
                     port.stream_error("internal-server-error")
         except Exception:
             log.exception("error reply failed")
+
+    # ---- across a restart -----------------------------------------------------------
+    def save_sessions(self) -> dict:
+        """The resumable sessions, for the next process (before ``Shutdown``)."""
+        return saved_sessions.dump(self.router, self.clock())
+
+    def restore_sessions(self, data: dict) -> list[str]:
+        """The previous process's resumable sessions, hibernating until their clients resume."""
+        restored = saved_sessions.load(self.router, data, self.hibernation)
+        for resource in restored:
+            self.devices.seen(resource, self.clock())
+        return restored
 
     # ---- what ``bouncer status`` shows ---------------------------------------------
     def status(self) -> dict:
@@ -203,6 +217,8 @@ class Account:
                     self.delivery.flush_held(resource)
                 case CloseSession(port, condition, text):
                     port.stream_error(condition, text)
+                case Cut(port):
+                    port.cut()
                 case HoldRoom(room):
                     self.muc.state.archive.hold(room)
                 case ReleaseRoom(room_jid):

@@ -122,6 +122,11 @@ class Connection:
         """Run ``callback`` once everything queued so far reached the socket."""
         self._enqueue(callback)
 
+    def cut(self) -> None:
+        """Close the TCP connection at once, stream and XEP-0198 session left open (a restart)."""
+        self.log.info("connection cut for a restart")
+        self._writer.transport.abort()
+
     def stream_error(self, condition: str, text: str | None = None) -> None:
         self.stream.stream_error(condition, text)
         self._flush()

@@ -98,6 +98,14 @@ class CloseSession:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """End the connection without a word (no stream error, no ``</stream>``): its client
+    resumes its XEP-0198 session later, as after a network blip (a restart)."""
+
+    port: SessionPort
+
+
+@dataclass(frozen=True)
 class HoldRoom:
     """Remember a joined room across restarts."""
 
@@ -111,4 +119,4 @@ class ReleaseRoom:
     jid: str
 
 
-Effect = ToUpstream | Deliver | DeliverSeries | Bound | Resumed | ResumeFailed | Mail | FlushStored | FlushHeld | CloseSession | HoldRoom | ReleaseRoom
+Effect = ToUpstream | Deliver | DeliverSeries | Bound | Resumed | ResumeFailed | Mail | FlushStored | FlushHeld | CloseSession | Cut | HoldRoom | ReleaseRoom

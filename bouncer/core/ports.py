@@ -76,6 +76,7 @@ class SessionPort(Protocol):
     def send_series(self, wires: list[bytes]) -> None: ...  # stanzas in order, one write
     def after_flush(self, callback: Callable[[], None]) -> None: ...
     def stream_error(self, condition: str, text: str | None = None) -> None: ...
+    def cut(self) -> None: ...  # the connection ends without a word (a restart: the client resumes)
 
 
 class UpstreamPort(Protocol):

@@ -97,3 +97,74 @@ async def test_a_phone_that_vanished_without_a_word_hibernates_and_resumes(proso
     await close(mobile, bob)
     await relay.close()
     assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def resume_on(mobile: Client, port: int) -> None:
+    resumed = asyncio.Event()
+    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
+    mobile.connect(host="127.0.0.1", port=port)
+    await asyncio.wait_for(resumed.wait(), TIMEOUT)
+
+
+async def test_a_restart_is_a_network_blip_for_a_phone(prosody, tmp_path):
+    """SIGTERM, then a new process: the phone resumes and gets exactly what it had not
+    acknowledged, then what came meanwhile; no stream error ever reached it."""
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    mobile = await phone(s)
+    for n in range(1, 11):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await until(lambda: numbers(mobile, "n")[-1:] == [10])
+    mobile.transport.pause_reading()
+    for n in range(11, 16):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await asyncio.sleep(0.5)  # written to the phone, not read by it
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+    assert s.bouncer.count("sessions saved for the next run") == 1
+    mobile.transport.abort()  # what it had not read is lost with the connection
+    await asyncio.wait_for(mobile.disconnected_event.wait(), TIMEOUT)
+    for n in range(16, 21):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")  # while no bouncer runs
+    await asyncio.to_thread(s.bouncer.start)
+    await resume_on(mobile, s.port)
+    await until(lambda: numbers(mobile, "n")[-1:] == [20])
+    assert numbers(mobile, "n") == list(range(1, 21)) and mobile.stream_errors == []
+    await close(mobile, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_after_a_crash_each_device_gets_every_chat_exactly_once(prosody, tmp_path):
+    """SIGKILL: nothing was saved. The phone's resume fails, and it, like the laptop,
+    gets from its backlog every chat it had not acknowledged, once."""
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    mobile = await phone(s)
+    laptop = await connect(f"{s.alice}/laptop", s.password, s.port)
+    for n in range(1, 6):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await until(lambda: numbers(mobile, "n")[-1:] == [5] and numbers(laptop, "n")[-1:] == [5])
+    mobile.plugin["xep_0198"].send_ack()
+    await asyncio.sleep(0.3)  # the phone's ack reached the bouncer
+    await asyncio.to_thread(s.bouncer.kill)
+    for client in (mobile, laptop):
+        await asyncio.wait_for(client.disconnected_event.wait(), TIMEOUT)  # the kernel closed their sockets
+    for n in range(6, 31):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await asyncio.sleep(0.5)  # at the server, for the account
+    await asyncio.to_thread(s.bouncer.start)
+    failed = asyncio.Event()
+    mobile.add_event_handler("sm_failed", lambda _e: failed.set())
+    restarted = asyncio.Event()
+    mobile.add_event_handler("session_start", lambda _e: restarted.set())
+    mobile.connect(host="127.0.0.1", port=s.port)
+    await asyncio.wait_for(failed.wait(), TIMEOUT)
+    await asyncio.wait_for(restarted.wait(), TIMEOUT)
+    laptop2 = await connect(f"{s.alice}/laptop", s.password, s.port)
+    await until(lambda: numbers(mobile, "n")[-1:] == [30] and numbers(laptop2, "n")[-1:] == [30])
+    await asyncio.sleep(0.5)  # nothing more comes
+    assert numbers(mobile, "n") == list(range(1, 31))
+    assert numbers(laptop, "n") + numbers(laptop2, "n") == list(range(1, 31))
+    await close(mobile, laptop2, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0

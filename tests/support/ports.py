@@ -63,6 +63,9 @@ class RecordingPort:
     def stream_error(self, condition: str, text: str | None = None) -> None:
         self.errors.append((condition, text))
 
+    def cut(self) -> None:
+        self.errors.append(("cut", None))
+
 
 def new_router(account: str, archive: MemoryArchive | None = None, **settings) -> Router:
     """A Router over an in-memory archive (``settings``: MucSettings fields)."""
