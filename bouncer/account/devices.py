@@ -35,8 +35,9 @@ class DeviceBook:
     def __post_init__(self) -> None:
         self.known = {d.resource: d for d in self.mailbox.devices()}
 
-    def bound(self, resource: str, now: float) -> None:
-        """A session bound as ``resource``: a known device comes back, or a new one starts."""
+    def bound(self, resource: str, now: float) -> float | None:
+        """A session bound as ``resource``: a known device comes back (returns when it was
+        last seen), or a new one starts (None)."""
         device = self.known.get(resource)
         if device is None:
             cursor = max((d.cursor for d in self.known.values()), default=0)
@@ -44,6 +45,7 @@ class DeviceBook:
         else:
             cursor = device.cursor
         self._save(Device(resource, cursor, now))
+        return None if device is None else device.last_seen
 
     def missed(self, resource: str) -> list[StoredStanza]:
         """What the device has not received yet, in order."""

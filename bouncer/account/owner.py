@@ -203,7 +203,7 @@ class Account:
                         self.router.upstream_refused(element)
                 case Bound(port, resource):
                     port.bound(resource)
-                    self.devices.bound(resource, self.clock())
+                    self.router.sessions[resource].away_since = self.devices.bound(resource, self.clock())
                 case Resumed(port, resource):
                     self._resumed(port, resource)
                 case ResumeFailed(port, h):

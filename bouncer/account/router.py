@@ -42,6 +42,7 @@ class Session:
     # Mailbox ids delivered on an SM stream, with the sent count that acknowledges them.
     unconfirmed: deque[tuple[int, int]] = field(default_factory=deque)
     held: Held = field(default_factory=Held)  # what its inactive client does not get yet
+    away_since: float | None = None  # its device was last seen then (None: a new device)
     # Contacts' presences wait for this roster request's answer: a server answers the
     # roster before presences arrive, and clients (poezio) drop presences of contacts
     # they do not know yet.
@@ -133,7 +134,7 @@ class Router:
         if to is not None and self._is_sibling(to):
             return [Deliver((jid.resource(to),), el)]  # type: ignore[arg-type]
         if self.muc.wants_outgoing(el):
-            decided = self.muc.from_session(resource, session.jid, el, now)
+            decided = self.muc.from_session(resource, session.jid, el, now, session.away_since)
             if decided is not None:
                 return decided
         if el.tag == stanza.MESSAGE:

@@ -16,6 +16,10 @@ from bouncer.core.ports import ArchivedMessage, RoomArchive
 
 
 
+# At most this many messages for a device coming back and asking for no history limit.
+MISSED_MAX = 200
+
+
 @dataclass(frozen=True)
 class HistoryRequest:
     maxstanzas: int | None = None

@@ -22,7 +22,8 @@ Element = etree._Element
 log = structlog.get_logger("bouncer.muc")
 
 
-def session_presence(state: MucState, resource: str, el: Element, now: float) -> list[Effect] | None:
+def session_presence(state: MucState, resource: str, el: Element, now: float,
+                     away_since: float | None = None) -> list[Effect] | None:
     """A session's presence to a room: join, nick change, status, leave; None: not ours."""
     to = el.get("to", "")
     room_jid, nick = jid.bare(to), jid.resource(to)
@@ -43,7 +44,7 @@ def session_presence(state: MucState, resource: str, el: Element, now: float) ->
             room.nick_change_by = resource
             return [ToUpstream(stanza.without_from(stanza.clone(el)))]
         return room_presence(room)
-    return _local_join(state, room, req, now) + room_presence(room)
+    return _local_join(state, room, req, now, away_since) + room_presence(room)
 
 
 def _first_join(state: MucState, room_jid: str, req: JoinRequest, el: Element) -> list[Effect]:
@@ -57,9 +58,14 @@ def _first_join(state: MucState, room_jid: str, req: JoinRequest, el: Element) -
     return [ToUpstream(stanza.without_from(stanza.clone(el)))]
 
 
-def _local_join(state: MucState, room: Room, req: JoinRequest, now: float) -> list[Effect]:
-    wanted = history.parse_request(req.history)
-    past = history.select(state.archive, room.jid, wanted, now, state.settings.history_default)
+def _local_join(state: MucState, room: Room, req: JoinRequest, now: float, away_since: float | None) -> list[Effect]:
+    """Answered from the cache. Without a ``<history/>`` of its own, a device that was
+    here before gets what was said since it was last seen (SPEC §14), bounded."""
+    if req.history is None and away_since is not None:
+        wanted, default = history.HistoryRequest(since=away_since), history.MISSED_MAX
+    else:
+        wanted, default = history.parse_request(req.history), state.settings.history_default
+    past = history.select(state.archive, room.jid, wanted, now, default)
     room.sessions.add(req.resource)
     return [DeliverSeries(req.resource, tuple(replay.join_answer(room, req, past)))]
 

@@ -86,10 +86,12 @@ class MucRouter:
         return mam.answer(self.state.archive, room, iq, query)
 
     # ---- from sessions ---------------------------------------------------------
-    def from_session(self, resource: str, session_jid: str, el: Element, now: float) -> list[Effect] | None:
-        """Decide for a stanza a session sent to a room; None: not a room matter."""
+    def from_session(self, resource: str, session_jid: str, el: Element, now: float,
+                     away_since: float | None = None) -> list[Effect] | None:
+        """Decide for a stanza a session sent to a room; None: not a room matter.
+        ``away_since``: when the session's device was last seen (its room history cursor)."""
         if el.tag == stanza.PRESENCE:
-            return joins.session_presence(self.state, resource, el, now)
+            return joins.session_presence(self.state, resource, el, now, away_since)
         room = self.rooms.get(jid.bare(el.get("to", "")))
         if room is None:
             return None

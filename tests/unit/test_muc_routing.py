@@ -346,3 +346,16 @@ def test_rejoin_catches_up_from_room_mam_after_the_last_archived_id():
     fin = x(f"<iq type='result' id='{qid}' from='{ROOM}' to='{UP}'><fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>")
     assert r.from_upstream(fin, 202.0) == []
     assert [m.stanza_id for m in archive.latest(ROOM, 10)] == ["s1", "s2"]
+
+
+def test_a_device_coming_back_gets_the_history_since_it_was_last_seen():
+    r, _ = setup()
+    complete_first_join(r)  # "old news" at 100.0
+    for i, t in enumerate((150.0, 250.0, 260.0)):
+        r.from_upstream(groupchat("bob", f"said at {t}", f"t{i}"), t)
+    r.sessions["B"].away_since = 200.0  # B's device was last here then
+    got = to(join(r, "B"), "B")
+    assert [e.findtext("{jabber:client}body") for e in got if e.find("{jabber:client}body") is not None] == [
+        "said at 250.0", "said at 260.0"]
+    got = to(join(r, "B", hist="<history maxstanzas='10'/>"), "B")  # an explicit limit is honoured
+    assert len([e for e in got if e.find("{jabber:client}body") is not None]) == 4
