@@ -204,6 +204,7 @@ class Account:
                 case Bound(port, resource):
                     port.bound(resource)
                     self.router.sessions[resource].away_since = self.devices.bound(resource, self.clock())
+                    log.info("session bound", session=resource, client=port.address, sessions=len(self.router.sessions))
                 case Resumed(port, resource):
                     self._resumed(port, resource)
                 case ResumeFailed(port, h):

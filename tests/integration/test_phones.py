@@ -5,6 +5,7 @@ XEP-0198 plugin downstream."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from integration_setup import make_setup
 from support.clients import Client, close, connect
@@ -168,3 +169,35 @@ async def test_after_a_crash_each_device_gets_every_chat_exactly_once(prosody, t
     assert numbers(laptop, "n") + numbers(laptop2, "n") == list(range(1, 31))
     await close(mobile, laptop2, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_a_phone_too_slow_for_its_queue_is_cut_hibernates_and_resumes(prosody, tmp_path):
+    """Past its outbox cap the connection is dropped (memory stays bounded), the session
+    hibernates, and the phone resumes with everything, once, in order."""
+    s = make_setup(prosody, tmp_path, limits={"session_queue_bytes": 65536, "session_send_buffer": 4096})
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    mobile = await phone(s)
+    mobile.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    mobile.transport.pause_reading()
+    filler = "x" * 1500
+    for n in range(1, 1501):
+        bob.send_message(mto=s.alice, mbody=f"n{n} {filler}", mtype="chat")
+    await asyncio.to_thread(s.bouncer.wait_event, "session queue full, closing", timeout=20)
+    await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="phone")
+    mobile.transport.abort()
+    await asyncio.wait_for(mobile.disconnected_event.wait(), TIMEOUT)
+    await resume_on(mobile, s.port)
+    await until(lambda: numbers_with_filler(mobile)[-1:] == [1500], timeout=30)
+    assert numbers_with_filler(mobile) == list(range(1, 1501))
+    await close(mobile, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+def numbers_with_filler(client: Client) -> list[int]:
+    out = []
+    for el in client.received:
+        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
+        if body and body.startswith("n"):
+            out.append(int(body[1:].split(" ", 1)[0]))
+    return out
