@@ -62,7 +62,9 @@ def _local_join(state: MucState, room: Room, req: JoinRequest, now: float, away_
     """Answered from the cache. Without a ``<history/>`` of its own, a device that was
     here before gets what was said since it was last seen (SPEC §14), bounded."""
     if req.history is None and away_since is not None:
-        wanted, default = history.HistoryRequest(since=away_since), history.MISSED_MAX
+        # Rooms stamp their delays in whole seconds: a second of slack, so that nothing said
+        # in the second the device left is missed (a repeat is recognised by its stanza-id).
+        wanted, default = history.HistoryRequest(since=away_since - 1.0), history.MISSED_MAX
     else:
         wanted, default = history.parse_request(req.history), state.settings.history_default
     past = history.select(state.archive, room.jid, wanted, now, default)

@@ -276,7 +276,7 @@ async def test_bouncer_crash_keeps_archive_and_rejoins(server, tmp_path):
     await carol.wait_for(groupchat(room, "while nobody was connected"))
     s.bouncer.wait_event("archived", room=room, after=1)
     a = await connect(f"{s.alice}/A", s.password, s.port)
-    start, _ = await join(a, room, "alice")
+    start, _ = await join(a, room, "alice", history="<history maxstanzas='20'/>")
     bodies = [e[1] for e in order_of(a, room, start) if e[0] == "history"]
     assert bodies[-2:] == ["remember me", "while nobody was connected"]
     assert len(bodies) == len(set(bodies))  # history repeated by the room was not archived twice
