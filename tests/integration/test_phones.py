@@ -14,23 +14,25 @@ from support.upstream import Blackhole
 TIMEOUT = 15
 
 
-def numbers(client: Client, prefix: str) -> list[int]:
-    """The numbered chats ``client`` received, in the order it got them (repeats kept)."""
+def numbers(client: Client, prefix: str = "n") -> list[int]:
+    """The numbered chats ``client`` received (``<prefix><n>``, then anything after a
+    space), in the order it got them, repeats kept."""
     out = []
     for el in client.received:
         body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
         if body and body.startswith(prefix):
-            out.append(int(body[len(prefix):]))
+            out.append(int(body[len(prefix):].split(" ", 1)[0]))
     return out
 
 
-async def phone(s, resource: str = "phone") -> Client:
-    """A session with slixmpp's XEP-0198 plugin, enabled and resumable."""
+async def phone(s, resource: str = "phone", port: int | None = None) -> Client:
+    """A session with slixmpp's XEP-0198 plugin, enabled and resumable (through ``port``,
+    the bouncer's by default)."""
     client = Client(f"{s.alice}/{resource}", s.password)
     client.register_plugin("xep_0198")
     enabled = asyncio.Event()
     client.add_event_handler("sm_enabled", lambda _e: enabled.set())
-    client.connect(host="127.0.0.1", port=s.port)
+    client.connect(host="127.0.0.1", port=port or s.port)
     await asyncio.wait_for(enabled.wait(), TIMEOUT)
     assert client.plugin["xep_0198"].sm_id
     return client
@@ -41,6 +43,13 @@ async def until(predicate, timeout: float = TIMEOUT) -> None:
         while not predicate():
             await asyncio.sleep(0.02)
     await asyncio.wait_for(poll(), timeout)
+
+
+async def resume_on(mobile: Client, port: int) -> None:
+    resumed = asyncio.Event()
+    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
+    mobile.connect(host="127.0.0.1", port=port)
+    await asyncio.wait_for(resumed.wait(), TIMEOUT)
 
 
 async def test_a_phone_cut_off_resumes_and_gets_every_chat_once_in_order(prosody, tmp_path):
@@ -60,11 +69,8 @@ async def test_a_phone_cut_off_resumes_and_gets_every_chat_once_in_order(prosody
     assert numbers(mobile, "n") == list(range(1, 21))
     for n in range(31, 41):
         bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
-    resumed = asyncio.Event()
-    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
     await asyncio.sleep(0.5)  # let bob's chats reach the hibernated session
-    mobile.connect(host="127.0.0.1", port=s.port)
-    await asyncio.wait_for(resumed.wait(), TIMEOUT)
+    await resume_on(mobile, s.port)
     await until(lambda: numbers(mobile, "n")[-1:] == [40])
     assert numbers(mobile, "n") == list(range(1, 41))  # every one, once, in order
     assert s.bouncer.count("session resumed") == 1 and s.bouncer.count("session ended") == 0
@@ -79,32 +85,17 @@ async def test_a_phone_that_vanished_without_a_word_hibernates_and_resumes(proso
     await asyncio.to_thread(s.bouncer.start)
     relay = await Blackhole(s.port).start()
     bob = await connect(s.bob, s.bob_password, prosody.port)
-    mobile = Client(f"{s.alice}/phone", s.password)
-    mobile.register_plugin("xep_0198")
-    enabled = asyncio.Event()
-    mobile.add_event_handler("sm_enabled", lambda _e: enabled.set())
-    mobile.connect(host="127.0.0.1", port=relay.port)
-    await asyncio.wait_for(enabled.wait(), TIMEOUT)
+    mobile = await phone(s, port=relay.port)
     relay.cut()
     bob.send_message(mto=s.alice, mbody="n1", mtype="chat")
     await asyncio.to_thread(s.bouncer.wait_event, "no ack from the client, dropping the connection", timeout=10)
     await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="phone")
     mobile.transport.abort()
-    resumed = asyncio.Event()
-    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
-    mobile.connect(host="127.0.0.1", port=s.port)
-    await asyncio.wait_for(resumed.wait(), TIMEOUT)
+    await resume_on(mobile, s.port)
     await until(lambda: numbers(mobile, "n") == [1])
     await close(mobile, bob)
     await relay.close()
     assert await asyncio.to_thread(s.bouncer.stop) == 0
-
-
-async def resume_on(mobile: Client, port: int) -> None:
-    resumed = asyncio.Event()
-    mobile.add_event_handler("session_resumed", lambda _e: resumed.set())
-    mobile.connect(host="127.0.0.1", port=port)
-    await asyncio.wait_for(resumed.wait(), TIMEOUT)
 
 
 async def test_a_restart_is_a_network_blip_for_a_phone(prosody, tmp_path):
@@ -188,16 +179,8 @@ async def test_a_phone_too_slow_for_its_queue_is_cut_hibernates_and_resumes(pros
     mobile.transport.abort()
     await asyncio.wait_for(mobile.disconnected_event.wait(), TIMEOUT)
     await resume_on(mobile, s.port)
-    await until(lambda: numbers_with_filler(mobile)[-1:] == [1500], timeout=30)
-    assert numbers_with_filler(mobile) == list(range(1, 1501))
+    await until(lambda: numbers(mobile)[-1:] == [1500], timeout=30)
+    assert numbers(mobile) == list(range(1, 1501))
     await close(mobile, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
 
-
-def numbers_with_filler(client: Client) -> list[int]:
-    out = []
-    for el in client.received:
-        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
-        if body and body.startswith("n"):
-            out.append(int(body[1:].split(" ", 1)[0]))
-    return out

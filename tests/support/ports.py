@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lxml import etree
+
 from bouncer.account.router import Router, RouterSettings
 from bouncer.muc.routing import MucRouter
 from bouncer.muc.state import MucSettings
@@ -65,6 +67,17 @@ class RecordingPort:
 
     def cut(self) -> None:
         self.errors.append(("cut", None))
+
+
+class RecordingUpstream:
+    """``core.ports.UpstreamPort`` that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[etree._Element] = []
+
+    def send(self, element: etree._Element) -> bool:
+        self.sent.append(element)
+        return True
 
 
 def new_router(account: str, archive: MemoryArchive | None = None, **settings) -> Router:

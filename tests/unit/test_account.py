@@ -14,22 +14,11 @@ from bouncer.core.events import (
 )
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
-from support.ports import RecordingPort, new_router
+from support.ports import RecordingPort, RecordingUpstream, new_router
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
 ROOM = "room@muc.example.org"
-
-
-class Upstream:
-    """``core.ports.UpstreamPort`` that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.sent: list[etree._Element] = []
-
-    def send(self, element: etree._Element) -> bool:
-        self.sent.append(element)
-        return True
 
 
 def x(text: str) -> etree._Element:
@@ -39,7 +28,7 @@ def x(text: str) -> etree._Element:
 
 @pytest.fixture
 def account() -> Account:
-    account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), Upstream())
+    account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), RecordingUpstream())
     account.handle(UpstreamUp(UP, resumed=False))
     return account
 

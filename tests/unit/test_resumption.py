@@ -15,7 +15,7 @@ from bouncer.core.events import (
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
 from bouncer.xmpp.sm import StreamManagement
-from support.ports import RecordingPort, new_router
+from support.ports import RecordingPort, RecordingUpstream, new_router
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -29,18 +29,9 @@ class Clock:
         return self.now
 
 
-class Upstream:
-    def __init__(self) -> None:
-        self.sent: list[etree._Element] = []
-
-    def send(self, element: etree._Element) -> bool:
-        self.sent.append(element)
-        return True
-
-
 @pytest.fixture
 def account() -> Account:
-    account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), Upstream(),
+    account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), RecordingUpstream(),
                       hibernation=HibernationLimits(seconds=3600, max_stanzas=5, max_bytes=100_000), clock=Clock())
     account.handle(UpstreamUp(UP, resumed=False))
     return account
