@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from integration_setup import make_setup
 from support.clients import Client, close, connect
+from support.muc import create_room, from_occupant, groupchat, join, send_groupchat
 from support.upstream import Blackhole
 
 TIMEOUT = 15
@@ -184,3 +187,77 @@ async def test_a_phone_too_slow_for_its_queue_is_cut_hibernates_and_resumes(pros
     await close(mobile, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
 
+
+
+async def test_an_inactive_phone_gets_bodies_at_once_and_presences_when_active(prosody, tmp_path):
+    """XEP-0352 in a real room: occupant presences wait (the latest per occupant, with
+    the time it came), and arrive in the same write as the next message with a body."""
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    carol_jid, carol_pw = prosody.new_user("carol")
+    dave_jid, dave_pw = prosody.new_user("dave")
+    carol = await connect(carol_jid, carol_pw, prosody.port)
+    room = f"csi@{prosody.muc_domain}"
+    await create_room(carol, room, "carol")
+    mobile = await phone(s)
+    await join(mobile, room, "alice")
+    mobile.send_xml("<inactive xmlns='urn:xmpp:csi:0'/>")
+    dave = await connect(dave_jid, dave_pw, prosody.port)
+    await join(dave, room, "dave")
+    dave.send_xml(f"<presence to='{room}/dave'><show>away</show></presence>")
+    dave.send_xml(f"<presence to='{room}/dave'><show>dnd</show></presence>")
+    await carol.wait_for(lambda el: from_occupant(room, "dave")(el) and el.findtext("{jabber:client}show") == "dnd")
+    await asyncio.sleep(0.3)
+    assert mobile.matching(from_occupant(room, "dave")) == []  # held
+    mark = len(mobile.received)
+    send_groupchat(carol, room, "wake up")
+    await mobile.wait_for(groupchat(room, "wake up"), start=mark)
+    got = mobile.received[mark:]
+    daves = [el for el in got if from_occupant(room, "dave")(el)]
+    assert len(daves) == 1 and daves[0].findtext("{jabber:client}show") == "dnd"  # coalesced
+    assert daves[0].find("{urn:xmpp:delay}delay") is not None  # stamped with when it came
+    assert got.index(daves[0]) < got.index(next(el for el in got if groupchat(room, "wake up")(el)))
+    mark = len(mobile.received)
+    dave.send_xml(f"<presence to='{room}/dave' type='unavailable'/>")
+    await carol.wait_for(from_occupant(room, "dave", ptype="unavailable"))
+    await asyncio.sleep(0.3)
+    assert mobile.matching(from_occupant(room, "dave", ptype="unavailable")) == []
+    mobile.send_xml("<active xmlns='urn:xmpp:csi:0'/>")
+    await mobile.wait_for(from_occupant(room, "dave", ptype="unavailable"), start=mark)
+    await close(mobile, carol, dave)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+@pytest.mark.parametrize("how", ["hibernation over", "wrong h"])
+async def test_a_resume_that_cannot_be_gets_failed_and_the_backlog(prosody, tmp_path, how):
+    """The session ended (its hibernation time is over), or the phone claims stanzas it
+    was never sent: <failed/>, then a new session that gets every chat from the backlog."""
+    s = make_setup(prosody, tmp_path, sessions={"hibernation": 1 if how == "hibernation over" else 3600})
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    mobile = await phone(s)
+    bob.send_message(mto=s.alice, mbody="n1", mtype="chat")
+    await until(lambda: numbers(mobile) == [1])
+    mobile.plugin["xep_0198"].send_ack()
+    await asyncio.sleep(0.3)
+    mobile.transport.abort()
+    await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="phone")
+    for n in range(2, 6):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    if how == "hibernation over":
+        await asyncio.to_thread(s.bouncer.wait_event, "session ended", session="phone", reason=how)
+    else:
+        await asyncio.sleep(0.3)
+        mobile.plugin["xep_0198"].handled = 1000
+    failed, started = asyncio.Event(), asyncio.Event()
+    mobile.add_event_handler("sm_failed", lambda _e: failed.set())
+    mobile.add_event_handler("session_start", lambda _e: started.set())
+    mobile.connect(host="127.0.0.1", port=s.port)
+    await asyncio.wait_for(failed.wait(), TIMEOUT)
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    await until(lambda: numbers(mobile)[-1:] == [5])
+    assert numbers(mobile) == [1, 2, 3, 4, 5]
+    refusal = s.bouncer.wait_event("resume refused")
+    assert refusal["reason"] == ("h too high" if how == "wrong h" else "unknown or ended session")
+    await close(mobile, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
