@@ -237,7 +237,11 @@ class JoinWatch:
     the ``<message`` before a ``<subject``; any ``<error`` fails the join.
     """
 
-    _MARK = re.compile(rb"""code=['"]110['"]|<subject[\s/>]|<error[\s/>]""")
+    _MARKS = (  # one pattern each, with a literal prefix: several times faster than one alternation
+        (re.compile(rb"""code=['"]110['"]"""), b"self", b"<presence"),
+        (re.compile(rb"<subject[\s/>]"), b"subject", b"<message"),
+        (re.compile(rb"<error[\s/>]"), None, b""),
+    )
     _FROM = re.compile(rb"""\sfrom=['"]([^'"/]+)""")
     _LONGEST_MARK = 11  # bytes: a mark split across two reads is found in the second
     _KEEP = 16384  # bytes kept from the previous reads: more than any stanza's start tag
@@ -250,30 +254,27 @@ class JoinWatch:
         self.failed: bytes | None = None
         self.done = asyncio.Event()
         self._buf = b""
-        self._scan_from = 0  # in _buf: where a new mark may start
+        self._scan_from = 0  # in _buf: where a new mark may start (one found twice counts once)
 
     def __call__(self, data: bytes, _now: float) -> None:
         if self.done.is_set():
             return
         self.stanzas += data.count(b"<presence") + data.count(b"<message")
         buf = self._buf + data
-        scan_from = self._scan_from
-        for m in self._MARK.finditer(buf, scan_from):
-            scan_from = m.end()
-            mark = m[0]
-            if mark.startswith(b"<error"):
-                self.failed = buf[max(0, m.start() - 300):m.end() + 200]
-                self.done.set()
-                return
-            what, tag = (b"subject", b"<message") if mark.startswith(b"<subject") else (b"self", b"<presence")
-            start = buf.rfind(tag, 0, m.start())
-            found = self._FROM.search(buf, start, buf.index(b">", start)) if start >= 0 else None
-            missing = self.missing.get(found[1]) if found else None
-            if missing is not None and what in missing:
-                self._got(missing, what)
+        for pattern, what, tag in self._MARKS:
+            for m in pattern.finditer(buf, self._scan_from):
+                if what is None:
+                    self.failed = buf[max(0, m.start() - 300):m.end() + 200]
+                    self.done.set()
+                    return
+                start = buf.rfind(tag, 0, m.start())
+                found = self._FROM.search(buf, start, buf.index(b">", start)) if start >= 0 else None
+                missing = self.missing.get(found[1]) if found else None
+                if missing is not None and what in missing:
+                    self._got(missing, what)
         cut = max(0, len(buf) - self._KEEP)
         self._buf = buf[cut:]
-        self._scan_from = max(scan_from, len(buf) - self._LONGEST_MARK + 1, cut) - cut
+        self._scan_from = max(0, len(buf) - self._LONGEST_MARK + 1 - cut)
 
     def _got(self, missing: set[bytes], what: bytes) -> None:
         missing.discard(what)

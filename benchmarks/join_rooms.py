@@ -27,7 +27,7 @@ from pathlib import Path
 
 import common
 from common import ROUTES, CpuMeter, JoinResult, Route, log, median, ms
-from profiling import profiled
+from profiling import merge_raw, print_profile, profiled
 
 TARGET = 10.0
 TARGET_AT_N = (5, 50.0)  # sessions joining at once, bouncer speedup wanted
@@ -116,14 +116,17 @@ class Concurrent:
         return ms(sum(t.cpu[process] for t in self.trials) / len(self.trials))
 
 
-async def concurrent_trial(route: Route, rooms: list[str], n: int, trial: int) -> Burst:
-    """Log ``n`` sessions in (not timed), then all join every room at once; they leave after."""
+async def concurrent_trial(route: Route, rooms: list[str], n: int, trial: int, spy: Path | None) -> Burst:
+    """Log ``n`` sessions in (not timed), then all join every room at once; they leave after.
+
+    ``spy``: sample the bouncer with py-spy into this file, during the joins only."""
     sessions = await asyncio.gather(*(route.connect(f"n{n}-{trial}-{i}") for i in range(n)))
     try:
-        meter = CpuMeter(route.pids)
-        meter.start()
-        joins = await common.join_many(sessions, rooms)
-        cpu = meter.stop()
+        with profiled(route.bouncer_pid if spy else None, spy, show=False):
+            meter = CpuMeter(route.pids)
+            meter.start()
+            joins = await common.join_many(sessions, rooms)
+            cpu = meter.stop()
     finally:
         await asyncio.gather(*(session.close() for session in sessions))
     await asyncio.sleep(SETTLE)
@@ -134,9 +137,12 @@ async def measure_concurrent(workdir: Path, route_name: str, n: int, args) -> Co
     async with common.populated_route(workdir, route_name, args) as (route, population):
         holder = await route.connect("first")
         await common.join_all(holder, population.rooms)
-        with profiled(route.bouncer_pid if args.profile else None, workdir / f"join_rooms-{n}.pyspy"):
-            trials = [await concurrent_trial(route, population.rooms, n, t) for t in range(args.repeat)]
+        spies = [workdir / f"join_rooms-{n}-{t}.pyspy" if args.profile and route.bouncer else None
+                 for t in range(args.repeat)]
+        trials = [await concurrent_trial(route, population.rooms, n, t, spy) for t, spy in enumerate(spies)]
         holder.abort()
+    if args.profile and route_name == "bouncer":
+        print_profile(merge_raw(spies, workdir / f"join_rooms-{n}.pyspy"))  # type: ignore[arg-type]
     log(f"{route_name}: {n} sessions at once " + ", ".join(ms(t.seconds) for t in trials))
     return Concurrent(route_name, n, trials)
 

@@ -100,9 +100,16 @@ def print_profile(raw: Path, limit: int = 15) -> None:
             print(f"    {hot.share * 100:5.1f}%  {hot.samples:6d}  {hot.function}")
 
 
+def merge_raw(parts: list[Path], output: Path) -> Path:
+    """One raw py-spy file of several (blocks sampled apart, e.g. only the measured part of each trial)."""
+    output.write_text("".join(part.read_text() for part in parts))
+    return output
+
+
 @contextlib.contextmanager
-def profiled(pid: int | None, output: Path, limit: int = 15) -> Iterator[None]:
-    """Sample ``pid`` with py-spy for the duration of the block and print its hot functions.
+def profiled(pid: int | None, output: Path, limit: int = 15, show: bool = True) -> Iterator[None]:
+    """Sample ``pid`` with py-spy for the duration of the block and print its hot functions
+    (``show`` False: only record them, e.g. for :func:`merge_raw`).
 
     ``pid`` None: no profiling (the block just runs).
     """
@@ -115,4 +122,5 @@ def profiled(pid: int | None, output: Path, limit: int = 15) -> Iterator[None]:
         yield
     finally:
         spy.stop()
-    print_profile(output, limit)
+    if show:
+        print_profile(output, limit)
