@@ -99,7 +99,8 @@ class Connection:
         self.stream.resume(state, f"{self.stream.username}@{self.stream.settings.domain}/{resource}")
         self.log = self.log.bind(session=resource)
         self.log.info("session resumed", unacked=len(state.unacked))
-        self._flush()
+        self._outbox.put_exempt(self.stream.data_to_send())  # <resumed/> and what is sent again
+        self._flush()  # and an <r/>, so that what was sent again is acknowledged
 
     def resume_failed(self, h: int | None) -> None:
         self.stream.resume_failed(h)

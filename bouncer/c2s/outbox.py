@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 class _Chunk:
     data: bytearray
     count: int = 1  # how many queued pieces (stanzas) it holds
+    counted: bool = True  # False: outside the caps (what a resume sends again)
 
 
 @dataclass
@@ -38,13 +39,20 @@ class Outbox:
 
     def put_bytes(self, data: bytes) -> None:
         last = self._items[-1] if self._items else None
-        if isinstance(last, _Chunk):
+        if isinstance(last, _Chunk) and last.counted:
             last.data += data
             last.count += 1
         else:
             self._items.append(_Chunk(bytearray(data)))
         self.waiting += 1
         self.waiting_bytes += len(data)
+        self._wake()
+
+    def put_exempt(self, data: bytes) -> None:
+        """Bytes that do not count against the caps: an XEP-0198 resume sends again what a
+        hibernated session held, which its own bound already limited; counting it would
+        cut the resumed connection at the next stanza, before its client could read."""
+        self._items.append(_Chunk(bytearray(data), counted=False))
         self._wake()
 
     def put_marker(self, marker: object) -> None:
@@ -59,8 +67,9 @@ class Outbox:
             await self._ready.wait()
         item = self._items.popleft()
         if isinstance(item, _Chunk):
-            self.waiting -= item.count
-            self.waiting_bytes -= len(item.data)
+            if item.counted:
+                self.waiting -= item.count
+                self.waiting_bytes -= len(item.data)
             return bytes(item.data)
         return item
 

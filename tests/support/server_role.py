@@ -53,8 +53,8 @@ def scram_login(s: core.ServerStream, user="alice", password="s3cret", mech="SCR
     return events, out
 
 
-def authed(tls=True, mech="SCRAM-SHA-256") -> core.ServerStream:
-    s = core.ServerStream(settings(), tls_active=tls)
+def authed(tls=True, mech="SCRAM-SHA-256", **over) -> core.ServerStream:
+    s = core.ServerStream(settings(**over), tls_active=tls)
     feed(s, HEADER)
     events, out = scram_login(s, mech=mech)
     assert events == [core.AuthSucceeded("alice")], out

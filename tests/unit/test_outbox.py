@@ -34,3 +34,15 @@ async def test_full_at_cap_and_idle_when_drained():
     await asyncio.wait_for(idle, 1)
     box.put_bytes(b"3")
     assert await getter == b"3"
+
+
+async def test_a_resumes_resend_is_outside_the_caps_and_kept_apart():
+    box = Outbox(cap=2, cap_bytes=8)
+    box.put_exempt(b"<resumed/>" + b"x" * 100)  # far past the byte cap
+    assert not box.full() and box.waiting == 0
+    box.put_bytes(b"<n/>")  # a new stanza right after: not merged into the resend
+    assert box.waiting == 1 and box.waiting_bytes == 4
+    assert await box.get() == b"<resumed/>" + b"x" * 100
+    assert box.waiting == 1
+    assert await box.get() == b"<n/>"
+    assert box.waiting == 0 and box.waiting_bytes == 0

@@ -6,11 +6,14 @@ import asyncio
 import socket
 
 from bouncer.c2s.connection import Connection
+from bouncer.c2s import stream as core
 from bouncer.c2s.stream import ServerStream, StreamSettings
 from bouncer.c2s.throttle import LoginThrottle
 from bouncer.config import LimitsConfig
 from bouncer.core.events import SessionClosed
 from bouncer.credentials import Credentials
+from bouncer.xmpp.sm import StreamManagement
+from support.server_role import HEADER, authed, feed
 
 
 class NoAccount:
@@ -59,3 +62,32 @@ async def test_what_a_stuck_session_holds_is_bounded_in_bytes():
     conn, taken = await flood_until_closed(session_queue=10_000, session_queue_bytes=32 * 1024)
     assert conn._outbox.waiting_bytes <= 32 * 1024 + len(STANZA)
     assert taken * len(STANZA) < 200 * 1024, taken
+
+
+async def test_a_resume_resending_more_than_the_cap_is_not_cut_by_the_next_stanza():
+    """What a hibernated session held goes out on the resumed connection whole, and a
+    stanza that follows at once does not count it against the outbox cap."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    stream = authed(sm_max=3600)
+    feed(stream, HEADER)
+    events, _ = feed(stream, b"<resume xmlns='urn:xmpp:sm:3' previd='prev' h='0'/>")
+    assert events == [core.ResumeRequested("prev", 0)]
+    account = NoAccount()
+    conn = Connection(reader, writer, stream, account, tls_context=None, throttle=LoginThrottle(),
+                      limits=LimitsConfig(session_queue_bytes=65536))
+    runner = asyncio.create_task(conn.run())
+    held = StreamManagement(id="prev")
+    for _ in range(100):
+        held.on_sent(STANZA)  # ~100 kB held while hibernated: past the 64 kB cap
+    conn.resumed(held, "phone")
+    conn.send_serialized(STANZA)  # arrives before the writer took the resend
+    got = b""
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+    while got.count(b"<body>") < 101:
+        got += await asyncio.wait_for(loop.sock_recv(theirs, 1 << 16), 5)
+    assert not writer.transport.is_closing() and not account.closed
+    assert got.startswith(b"<resumed xmlns='urn:xmpp:sm:3' previd='prev' h='0'/>")
+    theirs.close()
+    await asyncio.wait_for(runner, 5)
