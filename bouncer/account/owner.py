@@ -131,8 +131,8 @@ class Account:
 
     def _tick(self, now: float) -> list[Effect]:
         if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
-            self._pruned_at = now
-            self.muc.prune(now)
+            # While a pass removes something there may be more: the next tick goes on.
+            self._pruned_at = None if self.muc.prune(now) else now
             self.devices.prune(now, self.retention, live=set(self.router.sessions))
         return resumption.expired(self.router, self.hibernation, now) + self.router.tick(now)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from bouncer.core.ports import LOCAL_ID_PREFIX, ArchivedMessage, HeldRoom
+from bouncer.core.ports import LOCAL_ID_PREFIX, PRUNE_BATCH, ArchivedMessage, HeldRoom
 
 
 def _local_rowid(archive_id: str) -> int:
@@ -114,21 +114,28 @@ class SqliteArchive:
         return self._conn.execute("SELECT COUNT(*) FROM muc_archive WHERE room = ?", (room,)).fetchone()[0]
 
     def prune(self, room: str, now: float, max_age_days: float | None, max_messages: int | None) -> int:
-        """Apply retention to one room; returns how many messages went."""
+        """Apply retention to one room; returns how many messages went (at most
+        ``PRUNE_BATCH`` per rule and call, so that the event loop never waits long: the
+        caller comes back while there is more). Only the (room, ts) index is walked."""
         removed = 0
         if max_age_days is not None:
-            cur = self._conn.execute(
-                "DELETE FROM muc_archive WHERE room = ? AND ts < ?", (room, now - max_age_days * 86400)
-            )
-            removed += cur.rowcount
+            removed += self._delete(room, "ts < ?", (now - max_age_days * 86400,))
         if max_messages is not None:
-            cur = self._conn.execute(
-                "DELETE FROM muc_archive WHERE room = ? AND id NOT IN "
-                "(SELECT id FROM muc_archive WHERE room = ? ORDER BY ts DESC, id DESC LIMIT ?)",
-                (room, room, max_messages),
-            )
-            removed += cur.rowcount
+            oldest_kept = self._conn.execute(
+                "SELECT ts, id FROM muc_archive WHERE room = ? ORDER BY ts DESC, id DESC LIMIT 1 OFFSET ?",
+                (room, max_messages - 1),
+            ).fetchone()
+            if oldest_kept is not None:
+                removed += self._delete(room, "(ts, id) < (?, ?)", oldest_kept)
         return removed
+
+    def _delete(self, room: str, condition: str, args: tuple) -> int:
+        cur = self._conn.execute(
+            f"DELETE FROM muc_archive WHERE id IN (SELECT id FROM muc_archive WHERE room = ? AND {condition} "
+            f"ORDER BY ts, id LIMIT {PRUNE_BATCH})",
+            (room, *args),
+        )
+        return cur.rowcount
 
     # ---- held rooms ------------------------------------------------------------
     def hold(self, room: HeldRoom) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from bouncer.core.ports import LOCAL_ID_PREFIX, ArchivedMessage, Device, HeldRoom, StoredStanza
+from bouncer.core.ports import LOCAL_ID_PREFIX, PRUNE_BATCH, ArchivedMessage, Device, HeldRoom, StoredStanza
 
 
 @dataclass
@@ -70,13 +70,18 @@ class MemoryArchive:
         return len(self.rows.get(room, []))
 
     def prune(self, room: str, now: float, max_age_days: float | None, max_messages: int | None) -> int:
-        before = kept = self._sorted(room)
+        removed = 0
         if max_age_days is not None:
-            kept = [r for r in kept if r.ts >= now - max_age_days * 86400]
+            removed += self._drop(room, [r for r in self._sorted(room) if r.ts < now - max_age_days * 86400])
         if max_messages is not None:
-            kept = kept[-max_messages:] if max_messages > 0 else []
-        self.rows[room] = kept
-        return len(before) - len(kept)
+            rows = self._sorted(room)
+            removed += self._drop(room, rows[:max(len(rows) - max_messages, 0)])
+        return removed
+
+    def _drop(self, room: str, oldest_first: list[ArchivedMessage]) -> int:
+        gone = {r.id for r in oldest_first[:PRUNE_BATCH]}
+        self.rows[room] = [r for r in self.rows.get(room, []) if r.id not in gone]
+        return len(gone)
 
     def hold(self, room: HeldRoom) -> None:
         self.rooms[room.jid] = room

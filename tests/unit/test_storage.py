@@ -134,3 +134,18 @@ def test_archive_latest_and_last_ids(archive):
     assert [m.ts for m in archive.latest("r@m", 2)] == [12.0, 13.0]
     assert [m.ts for m in archive.latest("r@m", 10, since=11.5)] == [12.0, 13.0]
     assert archive.last_ts("r@m") == 13.0 and archive.last_stanza_id("r@m") == "c"
+
+
+def test_archive_retention_works_in_batches(archive, monkeypatch):
+    import bouncer.storage.archive
+    import bouncer.storage.in_memory
+
+    for module in (bouncer.storage.archive, bouncer.storage.in_memory):
+        monkeypatch.setattr(module, "PRUNE_BATCH", 3)
+    for i in range(10):
+        archive.store("r@m", f"s{i}", 100.0 + i, "bob", b"<m/>")
+    assert archive.prune("r@m", 200.0, None, 2) == 3  # a batch at a time, oldest first
+    assert [m.stanza_id for m in archive.latest("r@m", 1)] == ["s9"] and archive.count("r@m") == 7
+    assert archive.prune("r@m", 200.0, None, 2) + archive.prune("r@m", 200.0, None, 2) == 5
+    assert [m.stanza_id for m in archive.latest("r@m", 10)] == ["s8", "s9"]
+    assert archive.prune("r@m", 200.0, None, 2) == 0
