@@ -209,7 +209,6 @@ class Account:
                     self._resumed(port, resource)
                 case ResumeFailed(port, h):
                     port.resume_failed(h)
-                    log.info("session bound", session=resource, client=port.address, sessions=len(self.router.sessions))
                 case Mail(element, resources):
                     self.delivery.mail(element, resources)
                 case FlushStored(resource):

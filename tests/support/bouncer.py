@@ -120,6 +120,8 @@ class Bouncer:
             return "".join(self._lines[-n:])
 
     def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM; the exit status. A bug the bouncer caught and logged fails the test too."""
+        self.assert_no_bug()
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
@@ -130,6 +132,13 @@ class Bouncer:
             self.proc.wait()
             raise AssertionError(f"bouncer did not stop on SIGTERM:\n{self.log_tail()}")
 
+
+    def assert_no_bug(self) -> None:
+        """The bouncer survives its own bugs (a handler's exception is logged, the event
+        dropped): in a test, one is a failure."""
+        with self._cond:
+            bugs = [e for e in self.events if e.get("exception")]
+        assert not bugs, f"the bouncer logged a bug: {bugs[0]['event']}\n{bugs[0]['exception']}"
 
     def kill(self) -> None:
         """SIGKILL, for cleaning up after a test that failed before stopping it."""

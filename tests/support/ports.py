@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from lxml import etree
+from structlog.testing import capture_logs
 
 from bouncer.account.router import Router, RouterSettings
 from bouncer.muc.routing import MucRouter
@@ -92,3 +94,13 @@ def bind(r: Router, resource: str) -> RecordingPort:
     r.bind(port, resource)
     port.bound(resource)
     return port
+
+
+@contextlib.contextmanager
+def no_bugs():
+    """Fails when the account caught and logged a bug of its own meanwhile (it carries on
+    in production; in a test that is a failure)."""
+    with capture_logs() as logs:
+        yield
+    bugs = [entry for entry in logs if entry.get("exc_info")]
+    assert not bugs, f"the account logged a bug: {bugs}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from lxml import etree
 from structlog.testing import capture_logs
@@ -14,7 +16,7 @@ from bouncer.core.events import (
 )
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
-from support.ports import RecordingPort, RecordingUpstream, new_router
+from support.ports import RecordingPort, RecordingUpstream, new_router, no_bugs
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -27,10 +29,11 @@ def x(text: str) -> etree._Element:
 
 
 @pytest.fixture
-def account() -> Account:
+def account() -> Iterator[Account]:
     account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), RecordingUpstream())
     account.handle(UpstreamUp(UP, resumed=False))
-    return account
+    with no_bugs():
+        yield account
 
 
 def session(account: Account, resource: str, *, available: bool = True) -> RecordingPort:

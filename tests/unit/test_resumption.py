@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from lxml import etree
 
@@ -15,7 +17,7 @@ from bouncer.core.events import (
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
 from bouncer.xmpp.sm import StreamManagement
-from support.ports import RecordingPort, RecordingUpstream, new_router
+from support.ports import RecordingPort, RecordingUpstream, new_router, no_bugs
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -30,11 +32,12 @@ class Clock:
 
 
 @pytest.fixture
-def account() -> Account:
+def account() -> Iterator[Account]:
     account = Account(new_router(ACCOUNT, MemoryArchive()), DeviceBook(MemoryMailbox()), NoTransaction(), RecordingUpstream(),
                       hibernation=HibernationLimits(seconds=3600, max_stanzas=5, max_bytes=100_000), clock=Clock())
     account.handle(UpstreamUp(UP, resumed=False))
-    return account
+    with no_bugs():
+        yield account
 
 
 def phone(account: Account, resource: str = "phone", sm_id: str | None = "prev-1") -> RecordingPort:
