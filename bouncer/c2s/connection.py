@@ -82,6 +82,7 @@ class Connection:
         self._heard = 0.0  # loop time of the last bytes from the client
         self._pinged_at: float | None = None  # our idle ping in flight
         self._idle: asyncio.TimerHandle | None = None
+        self._dropped = False  # cut for being too slow: its read loop ends next
 
     @property
     def jid(self) -> str | None:
@@ -149,9 +150,12 @@ class Connection:
 
     def _enqueue(self, item: bytes | Callable[[], None] | object) -> None:
         if isinstance(item, bytes):
+            if self._dropped:
+                return  # the connection is being torn down: no more bytes for it
             if self._outbox.full():
                 self.log.warning("session queue full, closing", queued=self._outbox.waiting,
                                  queued_bytes=self._outbox.waiting_bytes)
+                self._dropped = True
                 self._writer.transport.abort()
                 return
             self._outbox.put_bytes(item)
