@@ -162,3 +162,15 @@ def test_a_resume_while_the_old_connection_lingers_replaces_it(account):
     assert second.resume is not None and bodies(second.resume[1]) == ["chat 1"]
     account.handle(SessionClosed(first))  # its end changes nothing now
     assert account.router.sessions["phone"].port is second
+
+
+def test_a_bind_that_replaces_a_hibernated_session_takes_over_its_backlog(account):
+    first = phone(account)
+    account.handle(chat(1))
+    account.handle(SessionClosed(first))
+    account.handle(chat(2))  # held for the resume that will not come
+    fresh = RecordingPort(ACCOUNT)
+    account.handle(SessionBind(fresh, "phone"))  # the client logged in anew instead
+    account.handle(SessionStanza(fresh, etree.fromstring(f"<presence xmlns='jabber:client' from='{fresh.jid}'/>")))
+    assert bodies(fresh.wire) == ["chat 1", "chat 2"]
+    assert account.router.sessions["phone"].port is fresh and account.router.sessions["phone"].sm is None
