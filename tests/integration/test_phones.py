@@ -41,11 +41,15 @@ async def phone(s, resource: str = "phone", port: int | None = None) -> Client:
     return client
 
 
-async def until(predicate, timeout: float = TIMEOUT) -> None:
+async def until(predicate, timeout: float = TIMEOUT, *, seen=None) -> None:
+    """Poll ``predicate``; on timeout, fail saying what ``seen()`` (the state waited on) is."""
     async def poll() -> None:
         while not predicate():
             await asyncio.sleep(0.02)
-    await asyncio.wait_for(poll(), timeout)
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"still not there after {timeout} s: {seen() if seen else ''}") from None
 
 
 async def resume_on(mobile: Client, port: int) -> None:
@@ -62,7 +66,7 @@ async def test_a_phone_cut_off_resumes_and_gets_every_chat_once_in_order(prosody
     mobile = await phone(s)
     for n in range(1, 21):
         bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
-    await until(lambda: numbers(mobile, "n")[-1:] == [20])
+    await until(lambda: numbers(mobile, "n")[-1:] == [20], seen=lambda: numbers(mobile))
     mobile.transport.pause_reading()  # what comes now is in flight when the network goes
     for n in range(21, 31):
         bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
@@ -74,8 +78,10 @@ async def test_a_phone_cut_off_resumes_and_gets_every_chat_once_in_order(prosody
         bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
     await asyncio.sleep(0.5)  # let bob's chats reach the hibernated session
     await resume_on(mobile, s.port)
-    await until(lambda: numbers(mobile, "n")[-1:] == [40])
+    await until(lambda: numbers(mobile, "n")[-1:] == [40], seen=lambda: (numbers(mobile), s.bouncer.log_tail(15)))
     assert numbers(mobile, "n") == list(range(1, 41))  # every one, once, in order
+    # The log is read by another thread: wait for the line before counting what came before it.
+    await asyncio.to_thread(s.bouncer.wait_event, "session resumed")
     assert s.bouncer.count("session resumed") == 1 and s.bouncer.count("session ended") == 0
     await close(mobile, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
@@ -116,14 +122,14 @@ async def test_a_restart_is_a_network_blip_for_a_phone(prosody, tmp_path):
         bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
     await asyncio.sleep(0.5)  # written to the phone, not read by it
     assert await asyncio.to_thread(s.bouncer.stop) == 0
-    assert s.bouncer.count("sessions saved for the next run") == 1
+    await asyncio.to_thread(s.bouncer.wait_event, "sessions saved for the next run")
     mobile.transport.abort()  # what it had not read is lost with the connection
     await asyncio.wait_for(mobile.disconnected_event.wait(), TIMEOUT)
     for n in range(16, 21):
         bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")  # while no bouncer runs
     await asyncio.to_thread(s.bouncer.start)
     await resume_on(mobile, s.port)
-    await until(lambda: numbers(mobile, "n")[-1:] == [20])
+    await until(lambda: numbers(mobile, "n")[-1:] == [20], seen=lambda: numbers(mobile))
     assert numbers(mobile, "n") == list(range(1, 21)) and mobile.stream_errors == []
     await close(mobile, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
