@@ -47,7 +47,9 @@ class Delivery:
         urgent: bool | None = None
         for session in sessions:
             wire_ = out if isinstance(out, bytes) else out.to(session.port.jid)  # type: ignore[arg-type]
-            if not session.csi_active and session.hibernated_at is None:
+            if not session.csi_active or session.hibernated_at is not None:
+                # An inactive client, or one away (hibernating: it is sent nothing until it
+                # resumes), gets the latest presence of each sender, not every one.
                 urgent = urgent if urgent is not None else (not isinstance(el, etree._Element) or csi.urgent(el))
                 if not urgent:
                     if session.held.hold(el, self.clock()):
@@ -107,8 +109,10 @@ class Delivery:
 
     # ---- writing -----------------------------------------------------------------------
     def _send(self, session: Session, wires: list[bytes]) -> None:
-        """Write ``wires`` after whatever the session held back (in the same write)."""
-        if session.held:
+        """Write ``wires`` after whatever the session held back (in the same write). A
+        hibernating session's held stanzas wait for its resume (or for its held queue to
+        fill): nothing wakes a phone that is away, and they keep coalescing meanwhile."""
+        if session.held and (session.hibernated_at is None or not wires):
             held = [self._writable(el) for el in session.held.take(self.domain)]
             to = session.port.jid or ""
             wires = [out if isinstance(out, bytes) else out.to(to) for out in held] + wires
@@ -135,7 +139,7 @@ class Delivery:
             return el
         to = el.get("to")
         if to is None or jid.resource(to) is None or not jid.same_bare(to, self.router.account):
-            return stanza.serialize(el)
+            return wire.in_stream(stanza.serialize(el))
         return wire.prepare(el)
 
 

@@ -124,7 +124,6 @@ class Account:
             return []  # the process ends, the clients did not leave: rooms and presence stay as they are
         if resumption.resumable(session) and not by_client:
             resumption.hibernate(session, self.hibernation, self.clock())
-            self.delivery.flush_held(session.resource)  # into the queue the resume sends
             return []
         log.info("session closed", session=session.resource, sessions=len(self.router.sessions) - 1)
         return self.router.session_gone(port)
@@ -228,6 +227,7 @@ class Account:
         session = self.router.sessions[resource]
         assert session.sm is not None
         port.resumed(session.sm, resource)
+        self.delivery.flush_held(resource)  # what waited meanwhile, coalesced: the client is active now
         self.devices.seen(resource, self.clock())
         self.delivery.confirm_acked(session)  # the <resume h=/> acknowledged what the client had
 

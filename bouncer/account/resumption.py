@@ -48,6 +48,11 @@ def resume(router: Router, port: SessionPort, previd: str, h: int) -> list[Effec
     if session is None or session.sm is None:
         log.info("resume refused", reason="unknown or ended session")
         return [ResumeFailed(port)]
+    if isinstance(session.port, Hibernation) and session.port.overflowed:
+        # Its queue stopped taking stanzas: resuming would skip them. It ends now, and its
+        # device's backlog has the 1:1 messages (what rooms said is in their archive).
+        log.info("resume refused", session=session.resource, reason="queue full")
+        return [ResumeFailed(port, session.sm.inbound), *end(router, session, "queue full")]
     if (h - session.sm.acked) % MOD > len(session.sm.unacked):
         # The client counts stanzas it was never sent: it and the session disagree for good.
         log.warning("resume refused", session=session.resource, reason="h too high", h=h, sent=session.sm.sent)

@@ -20,6 +20,7 @@ from bouncer.xmpp import ids, stanza
 
 _MARK = ids.token("to", 8)
 _MARK_BYTES = f' to="{_MARK}"'.encode()
+_STREAM_NS = b' xmlns="jabber:client"'
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,24 @@ def prepare(el: etree._Element) -> Prepared:
     to = el.get("to")
     el.set("to", _MARK)
     try:
-        head, tail = stanza.serialize(el).split(_MARK_BYTES, 1)
+        head, tail = in_stream(stanza.serialize(el)).split(_MARK_BYTES, 1)
     finally:
         if to is None:
             del el.attrib["to"]
         else:
             el.set("to", to)
     return Prepared(head, tail)
+
+
+def in_stream(wire: bytes) -> bytes:
+    """A top-level stanza as written inside a client stream, whose default namespace is
+    already ``jabber:client``: the stanza's own declaration of it is dropped (22 bytes of
+    every stanza, ~5 % of what a phone receives; Prosody does not send it either). Only
+    the start tag is looked at; lxml escapes quotes and ``>`` in attribute values, so the
+    declaration cannot be confused with a value."""
+    end = wire.find(b">")
+    at = wire.find(_STREAM_NS, 0, end)
+    return wire if at < 0 else wire[:at] + wire[at + len(_STREAM_NS):]
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,6 +15,12 @@ from bouncer.storage.in_memory import MemoryArchive
 from bouncer.xmpp.sm import StreamManagement
 
 
+def parse_wire(wire: bytes) -> etree._Element:
+    """A stanza as the bouncer writes it into a client stream (whose default namespace is
+    ``jabber:client``), parsed as a client does: inside that stream."""
+    return etree.fromstring(b"<stream xmlns='jabber:client'>" + wire + b"</stream>")[0]
+
+
 class RecordingPort:
     """``core.ports.SessionPort`` that records what the account sends it."""
 

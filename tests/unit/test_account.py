@@ -16,7 +16,7 @@ from bouncer.core.events import (
 )
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
-from support.ports import RecordingPort, RecordingUpstream, new_router, no_bugs
+from support.ports import RecordingPort, RecordingUpstream, new_router, no_bugs, parse_wire
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -49,7 +49,7 @@ def iq(port: RecordingPort, iq_id: str, to: str = "example.org") -> SessionStanz
 
 
 def received(port: RecordingPort) -> list[etree._Element]:
-    return [etree.fromstring(w) for w in port.wire]
+    return [parse_wire(w) for w in port.wire]
 
 
 def test_a_bug_in_a_decision_is_logged_and_the_next_stanza_is_still_served(account, monkeypatch):

@@ -8,7 +8,7 @@ from bouncer.account.devices import DeviceBook
 from bouncer.account.owner import Account
 from bouncer.core.events import SessionBind
 from bouncer.storage.in_memory import MemoryMailbox, NoTransaction
-from support.ports import RecordingPort, new_router
+from support.ports import RecordingPort, new_router, parse_wire
 
 ACCOUNT = "alice@example.org"
 
@@ -31,7 +31,7 @@ def test_each_session_gets_its_own_to_and_the_same_payload():
     account.delivery.deliver(("a", 'we"ird&<', "gone"), el)
     for resource, port in ports.items():
         (wire,) = port.wire
-        got = etree.fromstring(wire)
+        got = parse_wire(wire)
         assert got.get("to") == f"alice@example.org/{resource}"
         assert got.findtext("{jabber:client}body") == 'to="alice@example.org/a" ünïcode'
         assert got.find("{urn:x}x").get("a") == "1"
@@ -42,4 +42,16 @@ def test_bare_to_is_kept():
     account, ports = account_with("a")
     el = etree.fromstring("<message xmlns='jabber:client' to='alice@example.org'><body>x</body></message>")
     account.delivery.deliver(("a",), el)
-    assert etree.fromstring(ports["a"].wire[0]).get("to") == "alice@example.org"
+    assert parse_wire(ports["a"].wire[0]).get("to") == "alice@example.org"
+
+
+def test_stanzas_go_out_without_restating_the_streams_namespace():
+    account, ports = account_with("a")
+    el = etree.fromstring("<message xmlns='jabber:client' to='alice@example.org/bouncer' a='x xmlns=\"jabber:client\"'>"
+                          "<body xmlns='jabber:client'>hi</body><x xmlns='jabber:client'/></message>")
+    account.delivery.deliver(("a",), el)
+    (wire,) = ports["a"].wire
+    assert wire.startswith(b'<message to="alice@example.org/a" a="x xmlns=&quot;jabber:client&quot;">'), wire
+    inside = b"<stream xmlns='jabber:client'>" + wire + b"</stream>"
+    got = etree.fromstring(inside)[0]
+    assert got.tag == "{jabber:client}message" and got.findtext("{jabber:client}body") == "hi"

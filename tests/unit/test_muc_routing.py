@@ -9,7 +9,7 @@ from bouncer.core.effects import Deliver, DeliverSeries, HoldRoom, ReleaseRoom, 
 from bouncer.muc.routing import MucRouter
 from bouncer.storage.in_memory import MemoryArchive
 from bouncer.xmpp.wire import Prepared
-from support.ports import bind, new_router
+from support.ports import bind, new_router, parse_wire
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -63,7 +63,7 @@ def to(actions, res):
 
 
 def _element(el, res):
-    return etree.fromstring(el.to(f"{ACCOUNT}/{res}")) if isinstance(el, Prepared) else el
+    return parse_wire(el.to(f"{ACCOUNT}/{res}")) if isinstance(el, Prepared) else el
 
 
 def up(actions):

@@ -17,7 +17,7 @@ from bouncer.core.events import (
 from bouncer.storage.in_memory import MemoryArchive, MemoryMailbox, NoTransaction
 from bouncer.xmpp import ns
 from bouncer.xmpp.sm import StreamManagement
-from support.ports import RecordingPort, RecordingUpstream, new_router, no_bugs
+from support.ports import RecordingPort, RecordingUpstream, new_router, no_bugs, parse_wire
 
 ACCOUNT = "alice@example.org"
 UP = f"{ACCOUNT}/bouncer"
@@ -56,7 +56,7 @@ def chat(n: int) -> UpstreamStanza:
 
 
 def bodies(wires: list[bytes]) -> list[str]:
-    return [el.findtext("{jabber:client}body") for el in map(etree.fromstring, wires)
+    return [el.findtext("{jabber:client}body") for el in map(parse_wire, wires)
             if el.tag == "{jabber:client}message"]
 
 
@@ -127,7 +127,7 @@ def test_hibernation_ends_after_its_time_and_the_session_leaves(account):
     account.clock.now += 3601  # type: ignore[attr-defined]
     account.handle(Tick(account.clock()))
     assert "phone" not in account.router.sessions
-    gone = [etree.fromstring(w) for w in sibling.wire if b"unavailable" in w]
+    gone = [parse_wire(w) for w in sibling.wire if b"unavailable" in w]
     assert [g.get("from") for g in gone] == [f"{ACCOUNT}/phone"]  # only now do its siblings see it go
 
 
@@ -174,3 +174,33 @@ def test_a_bind_that_replaces_a_hibernated_session_takes_over_its_backlog(accoun
     account.handle(SessionStanza(fresh, etree.fromstring(f"<presence xmlns='jabber:client' from='{fresh.jid}'/>")))
     assert bodies(fresh.wire) == ["chat 1", "chat 2"]
     assert account.router.sessions["phone"].port is fresh and account.router.sessions["phone"].sm is None
+
+
+def test_a_resume_after_the_queue_overflowed_fails_and_the_backlog_has_the_rest(account):
+    """Between the overflow and the next tick a resume must not skip what the queue refused."""
+    first = phone(account)
+    account.handle(SessionClosed(first))
+    for n in range(1, 9):  # the queue takes 5 (plus one over), then refuses
+        account.handle(chat(n))
+    again = RecordingPort(ACCOUNT)
+    account.handle(SessionResume(again, "prev-1", 0))
+    assert again.resume is None and len(again.failed) == 1 and "phone" not in account.router.sessions
+    fresh = RecordingPort(ACCOUNT)
+    account.handle(SessionBind(fresh, "phone"))
+    account.handle(SessionStanza(fresh, etree.fromstring(f"<presence xmlns='jabber:client' from='{fresh.jid}'/>")))
+    assert bodies(fresh.wire) == [f"chat {n}" for n in range(1, 9)]
+
+
+def test_while_hibernating_presences_coalesce_and_come_after_the_resend(account):
+    first = phone(account)
+    account.handle(SessionClosed(first))
+    for show in ("away", "xa", "dnd"):  # one contact changing its mind three times
+        account.handle(UpstreamStanza(etree.fromstring(
+            f"<presence xmlns='jabber:client' from='carol@example.org/x' to='{UP}'><show>{show}</show></presence>")))
+    account.handle(chat(1))
+    assert len(account.router.sessions["phone"].sm.unacked) == 1  # type: ignore[union-attr]  # the chat only
+    again = RecordingPort(ACCOUNT)
+    account.handle(SessionResume(again, "prev-1", 0))
+    assert again.resume is not None and bodies(again.resume[1]) == ["chat 1"]
+    (carol,) = [parse_wire(w) for w in again.wire if b"carol@" in w]
+    assert carol.findtext("{jabber:client}show") == "dnd" and carol.find(f"{{{ns.DELAY}}}delay") is not None
