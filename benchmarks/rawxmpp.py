@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from xml.sax.saxutils import escape
@@ -235,3 +237,209 @@ class RawClient:
             except (TimeoutError, ConnectionError, OSError):
                 pass
         self.writer.transport.abort()
+
+
+# ---- XEP-0198 (stream management) and XEP-0352 (client state) ----------------------------
+NS_SM = "urn:xmpp:sm:3"
+NS_CSI = "urn:xmpp:csi:0"
+_STANZAS = frozenset(f"{{jabber:client}}{name}" for name in ("message", "presence", "iq"))
+_SM_R, _SM_A = f"{{{NS_SM}}}r", f"{{{NS_SM}}}a"
+_SM_ENABLED, _SM_RESUMED, _SM_FAILED = f"{{{NS_SM}}}enabled", f"{{{NS_SM}}}resumed", f"{{{NS_SM}}}failed"
+ReadHook = Callable[[int, float], None]  # (bytes in one read, monotonic time of the read)
+
+
+class SmClient(RawClient):
+    """A :class:`RawClient` with XEP-0198 on its side of the stream, like a phone's client.
+
+    It counts the stanzas it receives (``h``; nonzas are not counted), answers every
+    ``<r/>`` at once with ``<a h=.../>``, and can resume a dropped stream on a new
+    connection (after SASL, ``<resume previd h/>`` instead of bind). It always parses
+    what it receives (``on_data`` would bypass the count: do not use it here); every
+    read of the socket can be reported to a hook (wake-up counting).
+    The stanzas it sends are not kept for resending (the benchmarks do not need it).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domain: str) -> None:
+        super().__init__(reader, writer, domain)
+        self.h = 0  # stanzas received since <enable/> (or carried over by a resume)
+        self.sm_id: str | None = None  # the resumption id from <enabled/>, if resumable
+        self.sm_max: int | None = None  # seconds the server keeps a dropped session (<enabled max=/>)
+        self.sm_enabled = False
+        self.server_h = 0  # the server's last <a h=/> (stanzas of ours it handled)
+        self.requests = 0  # <r/> received (and answered)
+        self.resumed: Element | None = None  # the <resumed/> a resume got
+        self.failed: Element | None = None  # the <failed/> a resume (or enable) got
+        self.resume_error: str | None = None  # how a resume failed, when not with a <failed/> condition
+        self.features: Element | None = None  # the stream features after authentication
+        self._read_hook: ReadHook | None = None
+
+    # ---- login and resumption ---------------------------------------------------------
+    @classmethod
+    async def login(  # type: ignore[override]
+        cls, host: str, port: int, jid: str, password: str, *,
+        resource: str | None = None, tls: bool = True, presence: bool = True,
+        sm: bool = True, resume: bool = True, handler: StanzaHandler | None = None,
+    ) -> SmClient:
+        """Log in as :meth:`RawClient.login` does, then ``<enable/>`` (``resume``: resumable)
+        before the initial presence, as a phone does; ``handler`` gets every stanza from the
+        first one on (else they are kept in ``received``)."""
+        client = await cls.connect_and_authenticate(host, port, jid, password, tls=tls)
+        try:
+            await client.bind_resource(resource)
+            if sm:
+                await client.enable_sm(resume)
+        except BaseException:
+            client.writer.transport.abort()
+            raise
+        client.start(presence=presence, handler=handler)
+        return client
+
+    @classmethod
+    async def connect_and_authenticate(cls, host: str, port: int, jid: str, password: str, *,
+                                       tls: bool = True) -> SmClient:
+        """TCP, optional STARTTLS, SASL PLAIN, stream restart: ready to bind or resume.
+        The post-authentication features are in ``features``."""
+        username, domain = jid.split("@", 1)
+        reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer, domain)
+        try:
+            features = await client._open_stream()
+            if tls:
+                if features.find(f"{{{NS_TLS}}}starttls") is None:
+                    raise XmppError("STARTTLS not offered")
+                client.send_xml(f"<starttls xmlns='{NS_TLS}'/>")
+                client._expect(await client._next(), f"{{{NS_TLS}}}proceed")
+                await client._start_tls()
+                await client._open_stream()
+            client.send_xml(_plain_auth(username, password))
+            client._expect(await client._next(), f"{{{NS_SASL}}}success")
+            client.features = await client._open_stream()
+        except BaseException:
+            writer.transport.abort()
+            raise
+        return client
+
+    async def bind_resource(self, resource: str | None) -> str:
+        """Resource binding (negotiation phase: before :meth:`start`); returns the full JID."""
+        wanted = f"<resource>{escape(resource)}</resource>" if resource else ""
+        self.send_xml(f"<iq type='set' id='bind-1'><bind xmlns='{NS_BIND}'>{wanted}</bind></iq>")
+        reply = await self._next()
+        self.jid = reply.findtext(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
+        if reply.get("type") != "result" or not self.jid:
+            raise XmppError(f"bind failed: {etree.tostring(reply)!r}")
+        return self.jid
+
+    async def enable_sm(self, resume: bool = True) -> None:
+        """``<enable/>`` and its ``<enabled/>`` (negotiation phase: before :meth:`start`)."""
+        self.send_xml(f"<enable xmlns='{NS_SM}' resume='true'/>" if resume else f"<enable xmlns='{NS_SM}'/>")
+        reply = await self._next()
+        if reply.tag != _SM_ENABLED:
+            self.failed = reply
+            raise XmppError(f"enable failed: {etree.tostring(reply)!r}")
+        self.sm_enabled, self.h = True, 0
+        self.sm_id = reply.get("id") if reply.get("resume", "").lower() in ("true", "1") else None
+        max_ = reply.get("max", "")
+        self.sm_max = int(max_) if max_.isdigit() else None
+
+    @classmethod
+    async def resume_session(cls, host: str, port: int, jid: str, password: str, previd: str, h: int, *,
+                             tls: bool = True, handler: StanzaHandler | None = None) -> SmClient:
+        """A new connection resuming ``previd``, where ``h`` stanzas had been received.
+
+        On ``<resumed/>`` the client is started (``handler`` gets every stanza, the resent
+        ones first; it counts and answers from then on) and ``resumed`` is set. On
+        ``<failed/>``, ``failed`` is set and the client is left in the negotiation phase: a
+        client binds on the same stream then (:meth:`bind_resource`, :meth:`enable_sm`,
+        :meth:`start`; XEP-0198 §5), or connects anew if the server closed it. A connection
+        closed instead of an answer counts as failed (``resume_error`` says so).
+        """
+        client = await cls.connect_and_authenticate(host, port, jid, password, tls=tls)
+        try:
+            client.send_xml(f"<resume xmlns='{NS_SM}' previd='{escape(previd)}' h='{h}'/>")
+            reply = await client._next()
+        except XmppError:  # closed without a word (Prosody 0.12 does so when its queue overflowed)
+            client.writer.transport.abort()
+            client.failed = etree.Element(_SM_FAILED)
+            client.resume_error = "connection closed without <failed/>"
+            return client
+        except BaseException:
+            client.writer.transport.abort()
+            raise
+        if reply.tag == _SM_RESUMED:
+            client.resumed, client.sm_enabled, client.sm_id, client.h = reply, True, previd, h
+            client.server_h = int(reply.get("h", "0"))
+            client.start(presence=False, handler=handler)
+        elif reply.tag == _SM_FAILED:
+            client.failed = reply
+        else:
+            client.writer.transport.abort()
+            raise XmppError(f"expected resumed or failed, got {etree.tostring(reply)!r}")
+        return client
+
+    def start(self, presence: bool = True, handler: StanzaHandler | None = None) -> None:
+        """Leave the negotiation phase: stanzas go to ``handler`` (if given), the initial
+        presence goes out (``presence``), reading starts."""
+        if handler is not None:
+            self.on_stanza(handler)
+        if presence:
+            self.send_xml("<presence/>")
+        self._task = asyncio.create_task(self._read_loop())
+
+    # ---- receiving ----------------------------------------------------------------------
+    def on_read(self, hook: ReadHook | None) -> None:
+        """Report the size and time of every further read of the socket (decrypted bytes)."""
+        self._read_hook = hook
+
+    def on_data(self, handler: DataHandler) -> None:
+        raise TypeError("SmClient parses everything it receives (it counts stanzas): use on_stanza/on_read")
+
+    async def _read_loop(self) -> None:
+        now = time.monotonic()
+        backlog, self._backlog = self._backlog, []
+        for el in backlog:
+            self._sm_dispatch(el, now)
+        try:
+            while data := await self.reader.read(READ_SIZE):
+                now = time.monotonic()
+                if self._read_hook is not None:
+                    self._read_hook(len(data), now)
+                for el in self._parser.feed(data):
+                    self._sm_dispatch(el, now)
+        except (ConnectionError, OSError, ssl.SSLError):
+            pass
+        finally:
+            self.closed.set()
+            self._arrived.set()
+
+    def _sm_dispatch(self, el: Element, now: float) -> None:
+        tag = el.tag
+        if tag in _STANZAS:
+            if self.sm_enabled:
+                self.h = (self.h + 1) % (1 << 32)
+            self._handler(el, now)
+        elif tag == _SM_R:
+            self.requests += 1
+            if not self.closed.is_set():
+                self.send_xml(f"<a xmlns='{NS_SM}' h='{self.h}'/>")
+        elif tag == _SM_A:
+            self.server_h = int(el.get("h", "0"))
+        else:
+            self._handler(el, now)  # stream errors and other nonzas: whoever listens decides
+
+    # ---- XEP-0352 -----------------------------------------------------------------------
+    def set_inactive(self) -> None:
+        self.send_xml(f"<inactive xmlns='{NS_CSI}'/>")
+
+    def set_active(self) -> None:
+        self.send_xml(f"<active xmlns='{NS_CSI}'/>")
+
+    # ---- the socket as the kernel counts it ---------------------------------------------
+    def tcp_counters(self) -> tuple[int, int, int]:
+        """``(bytes received, bytes sent and acknowledged, segments received)`` on this TCP
+        connection so far, TLS included (Linux TCP_INFO: tcpi_bytes_received, tcpi_bytes_acked,
+        tcpi_segs_in)."""
+        sock = self.writer.get_extra_info("socket")
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+        bytes_acked, bytes_received = struct.unpack_from("=QQ", info, 120)
+        (segs_in,) = struct.unpack_from("=I", info, 140)
+        return bytes_received, bytes_acked, segs_in
