@@ -29,7 +29,7 @@ from pathlib import Path
 
 import common
 from common import HOST, log
-from rawxmpp import RawClient
+from support.rawxmpp import RawClient
 
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>").encode()

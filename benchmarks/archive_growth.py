@@ -37,7 +37,7 @@ from lxml import etree
 import common
 import fanout
 from common import ACCOUNT_NICK, log, median, ms
-from rawxmpp import Element, RawClient
+from support.rawxmpp import Element, RawClient
 from support.bouncer import Bouncer
 
 from bouncer.storage.db import open_database

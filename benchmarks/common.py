@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from rawxmpp import RawClient
+from support.rawxmpp import RawClient
 from support import muc
 from support.bouncer import DOWNSTREAM_PASSWORD, Bouncer
 from support.prosody import Prosody

@@ -24,7 +24,7 @@ from pathlib import Path
 import common
 from common import ROUTES, CpuMeter, Route, log, ms, muc
 from profiling import PySpy, profiled
-from rawxmpp import RawClient
+from support.rawxmpp import RawClient
 
 PREFIX = "bench"
 BODY = re.compile(rb"<body[^>]*>" + PREFIX.encode() + rb" (\d+) ([\d.]+)</body>")

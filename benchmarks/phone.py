@@ -49,7 +49,7 @@ from pathlib import Path
 import common
 from common import ACCOUNT_NICK, CpuMeter, log, median, ms, muc
 from phone_traffic import Traffic, build_traffic
-from rawxmpp import Element, SmClient, XmppError
+from support.rawxmpp import Element, SmClient, XmppError
 from support.bouncer import Bouncer
 from support.prosody import Prosody
 

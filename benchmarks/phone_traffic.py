@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import common
 from common import muc
-from rawxmpp import RawClient
+from support.rawxmpp import RawClient
 from support.prosody import Prosody
 
 LEAVE_SHARE = 0.15  # of the presence changes not a rejoin: a leave (the occupant rejoins 2-10 changes later)

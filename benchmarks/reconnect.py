@@ -20,7 +20,7 @@ from pathlib import Path
 import common
 from common import ACCOUNT_NICK, CpuMeter, Population, Route, log, median, ms, muc
 from profiling import profiled
-from rawxmpp import RawClient
+from support.rawxmpp import RawClient
 
 TARGET = 5.0
 RESOURCE = "phone"

@@ -12,6 +12,7 @@ import pytest
 from integration_setup import make_setup
 from support.clients import Client, close, connect
 from support.muc import create_room, from_occupant, groupchat, join, send_groupchat
+from support.rawxmpp import SmClient
 from support.upstream import Blackhole
 
 TIMEOUT = 15
@@ -279,3 +280,43 @@ async def test_a_resume_that_cannot_be_gets_failed_and_the_backlog(prosody, tmp_
     assert refusal["reason"] == ("h too high" if how == "wrong h" else "unknown or ended session")
     await close(mobile, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_exact_counts_over_hundreds_of_stanzas_both_ways(prosody, tmp_path):
+    """A raw client counting as XEP-0198 says: the bouncer's <a h/> is exactly what the
+    client sent, the client's h exactly what it got, and a resume's <resumed h/> exactly
+    what the bouncer had handled; the stanzas sent again are exactly those the client's h
+    did not cover (Monal drops a session whose h is wrong)."""
+    s = make_setup(prosody, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, prosody.port)
+    raw = await SmClient.login("127.0.0.1", s.port, s.alice, s.password, resource="raw")
+    sent = 1  # its initial presence
+    for n in range(300):
+        raw.send_xml(f"<message to='{s.bob}' type='chat' id='c{n}'><body>to bob {n}</body></message>")
+        sent += 1
+    raw.send_xml("<r xmlns='urn:xmpp:sm:3'/>")
+    await until(lambda: raw.server_h == sent, seen=lambda: raw.server_h)
+    for n in range(1, 301):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await until(lambda: bodies_of(raw)[-1:] == ["n300"], seen=lambda: len(bodies_of(raw)))
+    assert raw.h == len(raw.received)  # every stanza it got counted, nothing else
+    got = raw.h
+    raw.writer.transport.pause_reading()
+    for n in range(301, 351):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await asyncio.sleep(0.5)
+    raw.abort()
+    await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="raw")
+    again = await SmClient.resume_session("127.0.0.1", s.port, s.alice, s.password, raw.sm_id, got)
+    assert again.resumed is not None and int(again.resumed.get("h")) == sent
+    await until(lambda: bodies_of(again)[-1:] == ["n350"], seen=lambda: bodies_of(again))
+    assert bodies_of(again) == [f"n{n}" for n in range(301, 351)] and again.h == got + len(again.received)
+    await again.close()
+    await close(bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+def bodies_of(client) -> list[str]:
+    return [el.findtext("{jabber:client}body") for el in client.received
+            if el.tag == "{jabber:client}message" and el.findtext("{jabber:client}body")]

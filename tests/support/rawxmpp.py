@@ -1,4 +1,5 @@
-"""A minimal asyncio XMPP client for benchmarks: cheap enough to run hundreds at once.
+"""A minimal asyncio XMPP client for benchmarks and tests: cheap enough to run hundreds at once,
+and exact where bytes and counts matter (XEP-0198).
 
 slixmpp costs tens of milliseconds per login and a lot of Python per stanza; a
 benchmark that needs 500 room occupants, or receivers that must never be the
