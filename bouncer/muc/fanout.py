@@ -12,9 +12,9 @@ from __future__ import annotations
 import structlog
 from lxml import etree
 
-from bouncer.core.effects import Deliver, Effect, HoldRoom, ReleaseRoom
+from bouncer.core.effects import Deliver, DeliverSeries, Effect, HoldRoom, ReleaseRoom
 from bouncer.core.ports import HeldRoom
-from bouncer.muc import catchup, history, recovery, replay
+from bouncer.muc import catchup, history, joins, recovery, replay
 from bouncer.muc.room import (
     Room,
     RoomPhase,
@@ -97,6 +97,7 @@ def _self_available(room: Room, el: Element) -> list[Effect]:
             effects.append(Deliver(already, el))
     room.previous = None
     room.awaiting_subject = set(room.pending)
+    room.history_wanted = dict(room.pending)
     room.sessions |= set(room.pending)
     room.pending.clear()
     return effects
@@ -126,15 +127,28 @@ def message_in(state: MucState, room: Room, el: Element, now: float) -> list[Eff
         return catchup.message(state, room, el, result, now)
     if mtype == "groupchat":
         if subject_message(el):
-            return _subject(room, el)
+            return _wanted_history(state, room, now) + _subject(room, el)
         if not _archive(state, room, el, now):
             return []  # already archived and fanned out (history repeated on rejoin)
-        return fan(room.audience(), el)
+        # Sessions whose join the subject completes get their own history then, from the archive.
+        return fan(tuple(r for r in room.audience() if r not in room.history_wanted), el)
     if mtype == "error":
         return fan(room.audience(), el)
     if mtype == "chat" and jid.resource(el.get("from", "")) and room.sessions:
         return [Deliver(tuple(sorted(room.sessions)), el)]  # a PM from an occupant (§6.8)
     return None
+
+
+def _wanted_history(state: MucState, room: Room, now: float) -> list[Effect]:
+    """The joins the subject completes: each session gets the history it asked for, from
+    the archive (which has what the room sent the account), before the subject."""
+    wanted, room.history_wanted = room.history_wanted, {}
+    effects: list[Effect] = []
+    for resource, req in wanted.items():
+        rows = joins.wanted_history(state, room, req, now)
+        if rows and resource in room.sessions:
+            effects.append(DeliverSeries(resource, tuple(room.prepared_history(rows))))
+    return effects
 
 
 def _subject(room: Room, el: Element) -> list[Effect]:

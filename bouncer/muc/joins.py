@@ -32,7 +32,7 @@ def session_presence(state: MucState, resource: str, el: Element, now: float,
         return None if room is None else leave(state, room, resource, el.get("from", ""))
     if el.get("type") is not None or nick is None:
         return None if room is None else [ToUpstream(stanza.without_from(el))]
-    req = _join_request(resource, nick, el)
+    req = _join_request(resource, nick, el, away_since)
     if room is None:
         return _first_join(state, room_jid, req, el)
     room.session_presence[resource] = el
@@ -44,10 +44,12 @@ def session_presence(state: MucState, resource: str, el: Element, now: float,
             room.nick_change_by = resource
             return [ToUpstream(stanza.without_from(stanza.clone(el)))]
         return room_presence(room)
-    return _local_join(state, room, req, now, away_since) + room_presence(room)
+    return _local_join(state, room, req, now) + room_presence(room)
 
 
 def _first_join(state: MucState, room_jid: str, req: JoinRequest, el: Element) -> list[Effect]:
+    """The account joins upstream, asking the room for the history its archive needs, not
+    for what this session asked: the session gets its own from the archive (``wanted_history``)."""
     x = stanza.find(el, ns.MUC, "x")
     password = None if x is None else x.findtext(q(ns.MUC, "password"))
     room = Room(room_jid, req.nick, password, join_sent=True)
@@ -55,19 +57,39 @@ def _first_join(state: MucState, room_jid: str, req: JoinRequest, el: Element) -
     room.session_presence[req.resource] = el
     room.sent_presence = stanza.serialize(presence_to_room(room, [el]))
     state.rooms[room_jid] = room
-    return [ToUpstream(stanza.without_from(stanza.clone(el)))]
+    join = stanza.without_from(stanza.clone(el))
+    ask_for_history(state, room, stanza.find(join, ns.MUC, "x"))
+    return [ToUpstream(join)]
 
 
-def _local_join(state: MucState, room: Room, req: JoinRequest, now: float, away_since: float | None) -> list[Effect]:
-    """Answered from the cache. Without a ``<history/>`` of its own, a device that was
-    here before gets what was said since it was last seen (SPEC §14), bounded."""
-    if req.history is None and away_since is not None:
+def ask_for_history(state: MucState, room: Room, x: Element | None) -> None:
+    """The account's ``<history/>`` in a join of ``room``: since the last archived message,
+    or, with an empty archive, whatever the room gives (no limit of ours)."""
+    if x is None:
+        return
+    for asked in x.findall(q(ns.MUC, "history")):
+        x.remove(asked)
+    last = state.archive.last_ts(room.jid)
+    if last is not None:
+        etree.SubElement(x, q(ns.MUC, "history"), since=stanza.utc_stamp(last))
+
+
+def wanted_history(state: MucState, room: Room, req: JoinRequest, now: float) -> list:
+    """The archived messages a session's join asked for. Without a ``<history/>`` of its
+    own, a device that was here before gets what was said since it was last seen (SPEC
+    §14), bounded; a new one the configured default."""
+    if req.history is None and req.away_since is not None:
         # Rooms stamp their delays in whole seconds: a second of slack, so that nothing said
         # in the second the device left is missed (a repeat is recognised by its stanza-id).
-        wanted, default = history.HistoryRequest(since=away_since - 1.0), history.MISSED_MAX
+        wanted, default = history.HistoryRequest(since=req.away_since - 1.0), history.MISSED_MAX
     else:
         wanted, default = history.parse_request(req.history), state.settings.history_default
-    past = history.select(state.archive, room.jid, wanted, now, default)
+    return history.select(state.archive, room.jid, wanted, now, default)
+
+
+def _local_join(state: MucState, room: Room, req: JoinRequest, now: float) -> list[Effect]:
+    """Answered from the cache (SPEC §6.4)."""
+    past = wanted_history(state, room, req, now)
     room.sessions.add(req.resource)
     return [DeliverSeries(req.resource, tuple(replay.join_answer(room, req, past)))]
 
@@ -139,7 +161,7 @@ def presence_to_room(room: Room, session_presences: list[Element]) -> Element:
     return agg
 
 
-def _join_request(resource: str, nick: str, el: Element) -> JoinRequest:
+def _join_request(resource: str, nick: str, el: Element, away_since: float | None) -> JoinRequest:
     x = stanza.find(el, ns.MUC, "x")
     hist = None if x is None else x.find(q(ns.MUC, "history"))
-    return JoinRequest(resource, nick, el.get("id"), hist)
+    return JoinRequest(resource, nick, el.get("id"), hist, away_since)

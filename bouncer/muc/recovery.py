@@ -12,7 +12,7 @@ import structlog
 from lxml import etree
 
 from bouncer.core.effects import Effect, ToUpstream
-from bouncer.muc.joins import presence_to_room
+from bouncer.muc.joins import ask_for_history, presence_to_room
 from bouncer.muc.room import Room, RoomPhase, error_condition
 from bouncer.muc.state import MucState
 from bouncer.xmpp import ids, ns, stanza
@@ -102,9 +102,8 @@ def join_upstream(state: MucState, room: Room) -> list[Effect]:
     x = stanza.child(join, ns.MUC, "x")
     if room.password:
         etree.SubElement(x, q(ns.MUC, "password")).text = room.password
+    ask_for_history(state, room, x)
     last = state.archive.last_ts(room.jid)
-    if last is not None:
-        etree.SubElement(x, q(ns.MUC, "history"), since=stanza.utc_stamp(last))
     room.catchup_after = None if room.own_mam else state.archive.last_stanza_id(room.jid)
     room.catchup_ts = last or 0.0
     return [ToUpstream(join)]

@@ -40,6 +40,7 @@ class JoinRequest:
     nick: str
     presence_id: str | None
     history: Element | None  # the client's <history/> element, if any
+    away_since: float | None = None  # its device was last seen then (None: a new device)
 
 
 @dataclass
@@ -72,6 +73,9 @@ class Room:
     # sessions that still need a subject to end their join.
     previous: dict[str, Element] | None = None
     awaiting_subject: set[str] = field(default_factory=set)
+    # Sessions whose join the room's subject completes: each gets, from the archive, the
+    # history it asked for, whatever the account asked the room for (SPEC §6, §7).
+    history_wanted: dict[str, JoinRequest] = field(default_factory=dict)
     # Occupant presences and the subject serialised once for every local join, with the
     # element each was made from: a presence that changed is a new element, written again.
     _occupant_wire: dict[str, tuple[Element, Prepared]] = field(default_factory=dict, repr=False)

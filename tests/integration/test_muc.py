@@ -115,6 +115,31 @@ async def test_history_limits_for_a_later_session(world):
     assert order_of(w.b, w.room, start)[-1] == ("subject",)
 
 
+async def test_a_first_join_asking_no_history_still_fills_the_archive(world, server):
+    """A asks for none (as a client that uses MAM does); the account takes the room's
+    history anyway, so B's maxstanzas='3' gets the last three, delayed, between its 110
+    and the subject, and C's since gets its slice (SPEC §6, §7)."""
+    w = world
+    for i in range(5):
+        send_groupchat(w.carol, w.room, f"before {i}")
+    await w.carol.wait_for(groupchat(w.room, "before 4"))
+    start, _ = await join(w.a, w.room, "alice", history="<history maxstanzas='0'/>")
+    assert [e for e in order_of(w.a, w.room, start) if e[0] == "history"] == []
+    start, _ = await join(w.b, w.room, "alice", history="<history maxstanzas='3'/>")
+    seen = order_of(w.b, w.room, start)
+    assert [e[1] for e in seen if e[0] == "history"] == ["before 2", "before 3", "before 4"]
+    mine = next(i for i, e in enumerate(seen) if e[0] == "presence" and e[2])
+    assert mine < seen.index(("history", "before 2")) and seen[-1] == ("subject",)
+    assert all(el.find("{urn:xmpp:delay}delay") is not None for el in w.b.received[start:]
+               if el.findtext("{jabber:client}body", "").startswith("before"))
+    stamps = [el.find("{urn:xmpp:delay}delay").get("stamp") for el in w.b.received[start:]
+              if el.findtext("{jabber:client}body") == "before 4"]
+    c = await connect(f"{w.s.alice}/C", w.s.password, w.s.port)
+    start, _ = await join(c, w.room, "alice", history=f"<history since='{stamps[0]}'/>")
+    assert [e[1] for e in order_of(c, w.room, start) if e[0] == "history"][-1] == "before 4"
+    await close(c)
+
+
 async def test_each_message_once_per_joined_session_and_own_reflection(world, server):
     w = world
     await join(w.a, w.room, "alice")

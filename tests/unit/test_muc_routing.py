@@ -359,3 +359,43 @@ def test_a_device_coming_back_gets_the_history_since_it_was_last_seen():
         "said at 250.0", "said at 260.0"]
     got = to(join(r, "B", hist="<history maxstanzas='10'/>"), "B")  # an explicit limit is honoured
     assert len([e for e in got if e.find("{jabber:client}body") is not None]) == 4
+
+
+def test_the_account_asks_the_room_for_history_and_each_session_gets_what_it_asked():
+    """A asks for none; the account still takes the room's history into its archive, so
+    that B's maxstanzas='3' and C's since get theirs (SPEC §6, §7)."""
+    r, archive = setup()
+    bind(r, "C")
+    (sent,) = up(join(r, "A", hist="<history maxstanzas='0'/>"))
+    assert sent.find(f"{{{ns.MUC}}}x/{{{ns.MUC}}}history") is None  # no limit of A's: the room's own
+    out = []
+    for el in (occupant("bob"), occupant("alice", codes=("110",))):
+        out += r.from_upstream(el, 100.0)
+    for i in range(1, 6):
+        said = groupchat("bob", f"said {i}", f"h{i}")
+        etree.SubElement(said, f"{{{ns.DELAY}}}delay", stamp=f"2026-01-01T00:00:0{i}Z")  # room history
+        out += r.from_upstream(said, 100.0)
+    out += r.from_upstream(x(f"<message from='{ROOM}' to='{UP}' type='groupchat'><subject>Topic</subject></message>"), 100.0)
+    got = to(out, "A")
+    assert [e.findtext("{jabber:client}body") for e in got if e.find("{jabber:client}body") is not None] == []
+    assert got[-1].findtext("{jabber:client}subject") == "Topic" and archive.count(ROOM) == 5
+    got = to(join(r, "B", hist="<history maxstanzas='3'/>"), "B")
+    bodies = [e.findtext("{jabber:client}body") for e in got if e.find("{jabber:client}body") is not None]
+    assert bodies == ["said 3", "said 4", "said 5"]
+    assert "110" in {s.get("code") for s in got[1].iter(f"{{{MUC_USER}}}status")} and got[-1].find("{jabber:client}subject") is not None
+    got = to(join(r, "C", hist="<history since='2026-01-01T00:00:04Z'/>"), "C")
+    assert [e.findtext("{jabber:client}body") for e in got if e.find("{jabber:client}body") is not None] == ["said 4", "said 5"]
+
+
+def test_a_second_join_during_the_first_gets_its_own_history_before_the_subject():
+    r, _ = setup()
+    join(r, "A", hist="<history maxstanzas='0'/>")
+    join(r, "B", hist="<history maxstanzas='1'/>")  # while the account's join is under way
+    out = []
+    for el in (occupant("alice", codes=("110",)), groupchat("bob", "one", "s1"), groupchat("bob", "two", "s2"),
+               x(f"<message from='{ROOM}' to='{UP}' type='groupchat'><subject>Topic</subject></message>")):
+        out += r.from_upstream(el, 100.0)
+    a, b = to(out, "A"), to(out, "B")
+    assert [e.findtext("{jabber:client}body") for e in a if e.find("{jabber:client}body") is not None] == []
+    assert [e.findtext("{jabber:client}body") for e in b if e.find("{jabber:client}body") is not None] == ["two"]
+    assert b[-1].find("{jabber:client}subject") is not None and a[-1].find("{jabber:client}subject") is not None
