@@ -116,6 +116,7 @@ class MucConfig:
 
     leave_when_unused: bool = False  # leave upstream once the last session left the room
     self_ping_after: float = 900.0  # seconds of silence before the account checks it is in (XEP-0410)
+    recheck_delay: float = 30.0  # seconds before a self-ping that proved nothing is tried again (doubling)
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,7 @@ _SECTIONS: dict[str, _Section] = {
     "muc": _Section({
         "leave_when_unused": _Key(check.boolean),
         "self_ping_after": _Key(check.positive_number),
+        "recheck_delay": _Key(check.positive_number),
     }, _defaults_apply(MucConfig)),
     "sessions": _Section({
         "hibernation": _Key(check.positive_number),

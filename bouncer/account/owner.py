@@ -264,6 +264,7 @@ def muc_settings(config: Config) -> MucSettings:
         history_default=config.history.default_messages,
         leave_when_unused=config.muc.leave_when_unused,
         self_ping_after=config.muc.self_ping_after,
+        recheck_delay=config.muc.recheck_delay,
         max_age_days=config.history.max_age_days,
         max_messages=config.history.max_messages,
     )

@@ -21,8 +21,10 @@ from bouncer.xmpp.ns import q
 Element = etree._Element
 log = structlog.get_logger("bouncer.muc")
 
-# Backoff of rejoins after a 332 (seconds).
+# Backoff of rejoins after a 332, and cap of rechecks (seconds).
 _REJOIN_FIRST, _REJOIN_CAP = 5.0, 300.0
+# Self-ping errors that say the room's server is not there right now, not that we are out.
+_TRANSIENT = {"remote-server-not-found", "remote-server-timeout", "service-unavailable"}
 
 
 def rejoin_all(state: MucState) -> list[Effect]:
@@ -34,11 +36,15 @@ def rejoin_all(state: MucState) -> list[Effect]:
 
 
 def join_unjoined(state: MucState) -> list[Effect]:
-    """Rooms held but neither joined nor being joined by this process: join them."""
+    """After a resume: rooms held but neither joined nor being joined by this process are
+    joined; the joined ones are checked with a self-ping at the next tick (the room's
+    service may have restarted meanwhile; one that answers is not rejoined)."""
     effects: list[Effect] = []
     for room in state.rooms.values():
         if room.phase is RoomPhase.JOINING and not room.join_sent and room.rejoin_at is None:
             effects += join_upstream(state, room)
+        elif room.phase is RoomPhase.JOINED:
+            room.check_at = 0.0
     return effects
 
 
@@ -57,11 +63,14 @@ def due(state: MucState, now: float) -> list[Effect]:
 def _self_ping(state: MucState, room: Room, now: float) -> list[Effect]:
     if room.ping_id is not None:
         if now - room.ping_sent > state.settings.self_ping_timeout:
-            room.ping_id, room.heard_at = None, now  # no answer (the server may be restarting)
+            room.ping_id = None  # no answer (the server may be restarting): ask again later
+            _recheck_later(state, room, now, "no answer")
         return []
-    if now - (room.heard_at or now) < state.settings.self_ping_after:
+    checking = room.check_at is not None and room.check_at <= now
+    if not checking and now - (room.heard_at or now) < state.settings.self_ping_after:
         room.heard_at = room.heard_at or now
         return []
+    room.check_at = None
     room.ping_id, room.ping_sent = ids.new("ping"), now
     ping = stanza.make("iq", type="get", id=room.ping_id, to=room.occupant_jid)
     stanza.child(ping, ns.PING, "ping")
@@ -69,13 +78,28 @@ def _self_ping(state: MucState, room: Room, now: float) -> list[Effect]:
 
 
 def ping_answer(state: MucState, room: Room, iq: Element, now: float) -> list[Effect]:
-    """XEP-0410: not-acceptable or item-not-found mean the account is no longer
-    in the room, so it rejoins; anything else means it is (or cannot be told)."""
+    """XEP-0410: not-acceptable or item-not-found mean the account is no longer in the
+    room, so it rejoins. A transient error (the room's server restarting: not found, timed
+    out, unavailable) proves nothing: asked again after ``muc.recheck_delay``, with backoff
+    (the lesson of Prosody's mod_ping_muc). Anything else means it is in."""
     room.ping_id, room.heard_at = None, now
-    if iq.get("type") == "error" and error_condition(iq) in ("not-acceptable", "item-not-found"):
+    condition = error_condition(iq) if iq.get("type") == "error" else None
+    if condition in ("not-acceptable", "item-not-found"):
         log.info("room dropped the account, rejoining", room=room.jid)
+        room.recheck_delay = 0.0
         return join_upstream(state, room)
+    if condition in _TRANSIENT:
+        _recheck_later(state, room, now, condition)
+    else:
+        room.recheck_delay = 0.0
+        log.info("room still joined", room=room.jid)
     return []
+
+
+def _recheck_later(state: MucState, room: Room, now: float, why: str | None) -> None:
+    room.recheck_delay = min(max(room.recheck_delay * 2, state.settings.recheck_delay), _REJOIN_CAP)
+    room.check_at = now + room.recheck_delay
+    log.info("room check inconclusive, asking again", room=room.jid, why=why, delay=room.recheck_delay)
 
 
 def retry_later(room: Room, now: float) -> list[Effect]:

@@ -68,6 +68,8 @@ class Room:
     catchup_id: str | None = None  # the catch-up query in flight (its IQ id and queryid)
     catchup_ts: float = 0.0  # archive time of the last caught-up message: keeps MAM order
     rejoin_delay: float = 0.0  # the current backoff; 0 when not recovering
+    check_at: float | None = None  # a self-ping is due then, silence or not (after a resume)
+    recheck_delay: float = 0.0  # the backoff of self-pings that proved nothing
     # While the account rejoins after an upstream outage: the occupants the
     # sessions already know (each one seen again is dropped from here), and the
     # sessions that still need a subject to end their join.

@@ -21,6 +21,7 @@ class MucSettings:
     leave_when_unused: bool = False  # leave upstream when the last session leaves
     self_ping_after: float = 900.0  # silence (s) after which the account checks it is still in
     self_ping_timeout: float = 120.0  # no answer by then: inconclusive, try again later
+    recheck_delay: float = 30.0  # first wait before asking again after an inconclusive self-ping
     max_age_days: float | None = None  # archive retention (SPEC §7)
     max_messages: int | None = None  # per room
 

@@ -53,6 +53,7 @@ async def test_sigterm_restart_is_invisible_to_contacts_and_rooms(server, tmp_pa
     await bob.wait_for(groupchat(room, "said during the restart"), start=mark)
     s.bouncer.start()
     assert s.bouncer.wait_event("upstream established", after=1)["resumed"] is True
+    s.bouncer.wait_event("room still joined", room=room)  # checked after the resume: answered, so no rejoin
     a = await connect(f"{s.alice}/A", s.password, s.port)
     await a.wait_for(body_is("during the restart"))
     start, me = await join(a, room, "alice")  # answered from the saved cache, at once

@@ -399,3 +399,40 @@ def test_a_second_join_during_the_first_gets_its_own_history_before_the_subject(
     assert [e.findtext("{jabber:client}body") for e in a if e.find("{jabber:client}body") is not None] == []
     assert [e.findtext("{jabber:client}body") for e in b if e.find("{jabber:client}body") is not None] == ["two"]
     assert b[-1].find("{jabber:client}subject") is not None and a[-1].find("{jabber:client}subject") is not None
+
+
+def ping_error(ping, condition):
+    return x(f"<iq type='error' id='{ping.get('id')}' from='{ROOM}/alice' to='{UP}'><error type='cancel'>"
+             f"<{condition} xmlns='{ns.STANZA_ERRORS}'/></error></iq>")
+
+
+def test_after_a_resume_rooms_are_checked_and_transient_errors_are_asked_again():
+    """A self-ping that fails while the room's server restarts proves nothing: asked again
+    after recheck_delay, doubling; the room answering means no rejoin (issue 12, 4)."""
+    r, _ = setup(recheck_delay=30.0)
+    complete_first_join(r)
+    r.upstream_down()
+    assert up(r.upstream_established(UP, resumed=True)) == []  # resumed: nothing to rejoin
+    (ping,) = up(r.muc.due(200.0))  # checked at the next tick, silence or not
+    assert r.from_upstream(ping_error(ping, "remote-server-not-found"), 201.0) == []
+    assert r.muc.due(230.0) == []
+    (ping,) = up(r.muc.due(231.0))  # 30 s later
+    assert r.from_upstream(ping_error(ping, "service-unavailable"), 232.0) == []
+    assert r.muc.due(291.0) == []
+    (ping,) = up(r.muc.due(292.0))  # 60 s later
+    ok = x(f"<iq type='result' id='{ping.get('id')}' from='{ROOM}/alice' to='{UP}'/>")
+    assert r.from_upstream(ok, 293.0) == [] and r.muc.due(600.0) == []  # in: no rejoin, no more checks
+    room = r.muc.rooms[ROOM]
+    assert room.recheck_delay == 0.0 and room.phase.name == "JOINED"
+
+
+def test_a_check_that_gets_no_answer_is_asked_again_sooner_than_the_silence_timer():
+    r, _ = setup(recheck_delay=30.0)
+    complete_first_join(r)
+    r.upstream_established(UP, resumed=True)
+    (ping,) = up(r.muc.due(200.0))
+    assert r.muc.due(321.0) == []  # no answer within self_ping_timeout: inconclusive
+    (again,) = up(r.muc.due(351.0))
+    gone = ping_error(again, "item-not-found")
+    (rejoin,) = up(r.from_upstream(gone, 352.0))  # this one says the account is out
+    assert rejoin.get("to") == f"{ROOM}/alice" and rejoin.find(f"{{{ns.MUC}}}x") is not None
