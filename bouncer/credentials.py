@@ -14,7 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 from scramp import ScramMechanism
 from scramp.utils import ScramException
@@ -27,6 +28,7 @@ DEFAULT_ITERATIONS = 4096
 MIN_ITERATIONS, MAX_ITERATIONS = 4096, 10_000_000
 # scramp refuses shorter salts at authentication time.
 MIN_SALT_BYTES = 12
+_PROCESS_KEY = secrets.token_bytes(32)  # for the accepted-password cache; never leaves the process
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class Credentials:
     """The downstream account's secret, one ScramKeys per supported mechanism."""
 
     keys: tuple[ScramKeys, ...]
+    # The last password PLAIN accepted, as an HMAC under a key of this process only: a
+    # phone logging in again (after a network change, to resume) costs no PBKDF2. A wrong
+    # password never matches it and still pays the full derivation.
+    _accepted: list[bytes] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_plain(cls, password: str, iterations: int = DEFAULT_ITERATIONS) -> Credentials:
@@ -65,12 +71,18 @@ class Credentials:
 
     def check_plain(self, password: str) -> bool:
         """SASL PLAIN check: recompute StoredKey and compare it in constant time."""
+        tag = hmac.new(_PROCESS_KEY, password.encode(), "sha256").digest()
+        if self._accepted and hmac.compare_digest(tag, self._accepted[0]):
+            return True
         keys = self.keys[0]
         try:
             derived = _derive(keys.mechanism, password, keys.iterations, keys.salt)
         except ValueError:
             return False
-        return hmac.compare_digest(derived.stored_key, keys.stored_key)
+        if not hmac.compare_digest(derived.stored_key, keys.stored_key):
+            return False
+        self._accepted[:] = [tag]
+        return True
 
     def serialize(self) -> str:
         """The one-line stored form that parse_credentials() reads back."""

@@ -141,3 +141,17 @@ def test_junk_is_a_clear_value_error(stored: str, mangle, message: str) -> None:
     with pytest.raises(ValueError, match=message) as raised:
         parse_credentials(mangle(stored))
     assert "\n" not in str(raised.value)
+
+
+def test_a_password_plain_accepted_is_not_derived_again_and_a_wrong_one_always_is(stored, monkeypatch) -> None:
+    import bouncer.credentials as module
+
+    credentials = parse_credentials(stored)
+    derivations = []
+    real = module._derive
+    monkeypatch.setattr(module, "_derive", lambda *a: derivations.append(a[1]) or real(*a))
+    assert credentials.check_plain(PASSWORD) and credentials.check_plain(PASSWORD)
+    assert derivations == [PASSWORD]  # the second login (a phone reconnecting) costs no PBKDF2
+    assert not credentials.check_plain("wrong") and not credentials.check_plain("wrong")
+    assert derivations == [PASSWORD, "wrong", "wrong"]
+    assert credentials == parse_credentials(stored)  # the cache is not part of what they are
