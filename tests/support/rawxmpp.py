@@ -116,6 +116,11 @@ class RawClient:
         return client
 
     async def _negotiate(self, username: str, password: str, resource: str | None, tls: bool) -> None:
+        await self._authenticate(username, password, tls)
+        await self.bind_resource(resource)
+
+    async def _authenticate(self, username: str, password: str, tls: bool) -> Element:
+        """Optional STARTTLS, SASL PLAIN, stream restart; returns the features after it."""
         features = await self._open_stream()
         if tls:
             if features.find(f"{{{NS_TLS}}}starttls") is None:
@@ -126,13 +131,17 @@ class RawClient:
             await self._open_stream()
         self.send_xml(_plain_auth(username, password))
         self._expect(await self._next(), f"{{{NS_SASL}}}success")
-        await self._open_stream()
+        return await self._open_stream()
+
+    async def bind_resource(self, resource: str | None) -> str:
+        """Resource binding (negotiation phase); returns the full JID."""
         wanted = f"<resource>{escape(resource)}</resource>" if resource else ""
         self.send_xml(f"<iq type='set' id='bind-1'><bind xmlns='{NS_BIND}'>{wanted}</bind></iq>")
         reply = await self._next()
         self.jid = reply.findtext(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
         if reply.get("type") != "result" or not self.jid:
             raise XmppError(f"bind failed: {etree.tostring(reply)!r}")
+        return self.jid
 
     async def _start_tls(self) -> None:
         try:
@@ -304,31 +313,11 @@ class SmClient(RawClient):
         reader, writer = await asyncio.open_connection(host, port)
         client = cls(reader, writer, domain)
         try:
-            features = await client._open_stream()
-            if tls:
-                if features.find(f"{{{NS_TLS}}}starttls") is None:
-                    raise XmppError("STARTTLS not offered")
-                client.send_xml(f"<starttls xmlns='{NS_TLS}'/>")
-                client._expect(await client._next(), f"{{{NS_TLS}}}proceed")
-                await client._start_tls()
-                await client._open_stream()
-            client.send_xml(_plain_auth(username, password))
-            client._expect(await client._next(), f"{{{NS_SASL}}}success")
-            client.features = await client._open_stream()
+            client.features = await client._authenticate(username, password, tls)
         except BaseException:
             writer.transport.abort()
             raise
         return client
-
-    async def bind_resource(self, resource: str | None) -> str:
-        """Resource binding (negotiation phase: before :meth:`start`); returns the full JID."""
-        wanted = f"<resource>{escape(resource)}</resource>" if resource else ""
-        self.send_xml(f"<iq type='set' id='bind-1'><bind xmlns='{NS_BIND}'>{wanted}</bind></iq>")
-        reply = await self._next()
-        self.jid = reply.findtext(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
-        if reply.get("type") != "result" or not self.jid:
-            raise XmppError(f"bind failed: {etree.tostring(reply)!r}")
-        return self.jid
 
     async def enable_sm(self, resume: bool = True) -> None:
         """``<enable/>`` and its ``<enabled/>`` (negotiation phase: before :meth:`start`)."""
