@@ -11,11 +11,10 @@ import structlog
 from lxml import etree
 
 from bouncer.core.effects import Effect, ToUpstream
-from bouncer.muc import history, mam
+from bouncer.muc import history
 from bouncer.muc.room import Room, stanza_id
 from bouncer.muc.state import MucState, fan
-from bouncer.xmpp import ids, jid, ns, stanza
-from bouncer.xmpp.ns import q
+from bouncer.xmpp import ids, jid, mam_paging, ns, stanza
 
 Element = etree._Element
 log = structlog.get_logger("bouncer.muc")
@@ -29,36 +28,20 @@ def start(room: Room) -> list[Effect]:
 
 def _page(room: Room, after: str) -> list[Effect]:
     room.catchup_id = ids.new("catchup")
-    iq = stanza.make("iq", type="set", id=room.catchup_id, to=room.jid)
-    query = stanza.child(iq, ns.MAM, "query", queryid=room.catchup_id)
-    rsm = stanza.child(query, ns.RSM, "set")
-    etree.SubElement(rsm, q(ns.RSM, "max")).text = str(mam.MAX_PAGE)
-    etree.SubElement(rsm, q(ns.RSM, "after")).text = after
-    return [ToUpstream(iq)]
+    return [ToUpstream(mam_paging.page(room.jid, room.catchup_id, after))]
 
 
 def result_of(room: Room, el: Element) -> Element | None:
     """The MAM ``<result/>`` of the catch-up in flight that ``el`` carries, if it does."""
-    if room.catchup_id is None:
-        return None
-    result = el.find(q(ns.MAM, "result"))
-    return result if result is not None and result.get("queryid") == room.catchup_id else None
+    return mam_paging.result_of(el, room.catchup_id)
 
 
 def message(state: MucState, room: Room, wrapper: Element, result: Element, now: float) -> list[Effect]:
     """A message the room archived while the account was away: archived here, and shown
     (with its delay) to the sessions in the room, which missed it too."""
-    fwd = result.find(q(ns.FORWARD, "forwarded"))
-    inner = None if fwd is None else fwd.find(q(ns.CLIENT, "message"))
-    if inner is None:
-        return []
-    msg = stanza.clone(inner)
-    msg.set("to", wrapper.get("to", ""))
-    delay = fwd.find(q(ns.DELAY, "delay"))  # type: ignore[union-attr]
-    if delay is not None and stanza.find(msg, ns.DELAY, "delay") is None:
-        msg.append(stanza.clone(delay))
-    sid = stanza_id(msg, room.jid) or result.get("id")
-    if msg.get("type") != "groupchat" or not sid:
+    msg = mam_paging.unwrap(wrapper, result)
+    sid = None if msg is None else stanza_id(msg, room.jid) or result.get("id")
+    if msg is None or msg.get("type") != "groupchat" or not sid:
         return []
     if stanza_id(msg, room.jid) is None:
         stanza.child(msg, ns.STANZA_ID, "stanza-id", by=room.jid, id=sid)
@@ -71,9 +54,8 @@ def message(state: MucState, room: Room, wrapper: Element, result: Element, now:
 def done(room: Room, iq: Element) -> list[Effect]:
     """The page's answer: the next page, or the end."""
     room.catchup_id = None
-    fin = iq.find(q(ns.MAM, "fin"))
-    last = None if fin is None else fin.findtext(f"{q(ns.RSM, 'set')}/{q(ns.RSM, 'last')}")
-    if iq.get("type") == "result" and fin is not None and fin.get("complete") != "true" and last:
-        return _page(room, last)
+    after = mam_paging.next_after(iq)
+    if after is not None:
+        return _page(room, after)
     log.info("room caught up", room=room.jid, ok=iq.get("type") == "result")
     return []
