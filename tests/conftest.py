@@ -38,8 +38,8 @@ def _server_factory(cls):
     def fixture(tmp_path):
         servers = []
 
-        def make():
-            servers.append(cls(base_dir=tmp_path))
+        def make(**options):
+            servers.append(cls(base_dir=tmp_path, **options))
             return servers[-1]
 
         yield make

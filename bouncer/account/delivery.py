@@ -12,12 +12,13 @@ client acknowledged it (SPEC §14).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from lxml import etree
 
 from bouncer.account.devices import DeviceBook
+from bouncer.account.mam_catchup import account_stanza_id
 from bouncer.account.router import Router, Session
 from bouncer.xmpp import csi, jid, stanza, wire
 from bouncer.xmpp.sm import MOD
@@ -28,11 +29,19 @@ log = structlog.get_logger("bouncer.account")
 Element = etree._Element
 
 
+CATCHUP_MARK = "account-mam"  # the archive id of the last message the account took
+TAKEN_KEPT = 10_000  # archive ids remembered to recognise repeats
+
+
 @dataclass
 class Delivery:
     router: Router
     devices: DeviceBook
     clock: Callable[[], float]
+    # Archive ids of the last messages taken: a repeat (offline storage and the catch-up
+    # bring the same ones, close together) is recognised; across a restart the catch-up
+    # starts after the last one, so no older repeat comes back.
+    _taken: dict[str, None] = field(default_factory=dict)
 
     @property
     def domain(self) -> str:
@@ -67,7 +76,19 @@ class Delivery:
         self._send(session, [out if isinstance(out, bytes) else out.to(to) for out in outs])
 
     def mail(self, el: Element, resources: tuple[str, ...]) -> None:
-        """Into the mailbox first (committed with the upstream read), then to the sessions."""
+        """Into the mailbox first (committed with the upstream read), then to the sessions.
+        A message the server numbered is taken once, however often it comes (live, from
+        offline storage, from the account's MAM), and marks where a catch-up starts."""
+        archive_id = account_stanza_id(el, self.router.account)
+        if archive_id is not None:
+            if archive_id in self._taken:
+                log.debug("already taken", stanza_id=archive_id)
+                return
+            self._taken[archive_id] = None
+            if len(self._taken) > TAKEN_KEPT:
+                del self._taken[next(iter(self._taken))]  # the oldest
+            self.router.catchup.after = archive_id
+            self.devices.mailbox.set_mark(CATCHUP_MARK, archive_id)
         stored_id = self.devices.mailbox.add(stanza.serialize(el), self.clock())
         out = self._writable(el)
         for resource in resources:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bouncer.account import resumption, saved_sessions
-from bouncer.account.delivery import Delivery
+from bouncer.account.delivery import CATCHUP_MARK, Delivery
 from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.resumption import HibernationLimits
 from bouncer.account.router import Router, RouterSettings, Session
@@ -244,7 +244,9 @@ def build_account(config: Config, archive: RoomArchive, mailbox: Mailbox, transa
     """The Account with its Router, room cache and devices over these stores, as the config says."""
     muc = MucRouter(archive, muc_settings(config))
     muc.restore()
-    return Account(Router(router_settings(config), muc), DeviceBook(mailbox), transaction,
+    router = Router(router_settings(config), muc)
+    router.catchup.after = mailbox.mark(CATCHUP_MARK)
+    return Account(router, DeviceBook(mailbox), transaction,
                    retention=retention(config), hibernation=hibernation(config))
 
 

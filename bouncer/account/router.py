@@ -16,6 +16,7 @@ from lxml import etree
 
 from bouncer.account.held import Held
 from bouncer.account.iqtrack import IqTracker
+from bouncer.account.mam_catchup import AccountCatchup
 from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushHeld, FlushStored, Mail, ToUpstream
 from bouncer.core.ports import SessionPort
 from bouncer.muc import mam
@@ -69,10 +70,12 @@ class Router:
     peers: dict[str, str] = field(default_factory=dict)  # bare JID -> session that last wrote to it
     queue: deque[Element] = field(default_factory=deque)  # waits for the upstream; only the Router writes it
     iqs: IqTracker = field(init=False)
+    catchup: AccountCatchup = field(init=False)
     sent_presence: bytes | None = None  # the account's presence as the server last got it
 
     def __post_init__(self) -> None:
         self.iqs = IqTracker(self.settings.iq_timeout)
+        self.catchup = AccountCatchup(self.settings.account)
 
     @property
     def account(self) -> str:
@@ -219,6 +222,9 @@ class Router:
     def from_upstream(self, el: Element, now: float) -> list[Effect]:
         if el.tag == stanza.IQ:
             return self._upstream_iq(el, now)
+        if el.tag == stanza.MESSAGE and self.catchup.owns(el):
+            missed = self.catchup.unwrap(el)  # a message the account missed: as if it came now
+            return [] if missed is None else self._upstream_message(missed)
         owner = self.iqs.mam_result(el) if el.tag == stanza.MESSAGE else None
         if owner is not None:
             return [Deliver((owner,), el)] if owner in self.sessions else []
@@ -237,7 +243,8 @@ class Router:
             upstream_id = el.get("id", "")
             entry = self.iqs.inbound(el)
             if entry is None:
-                return self.muc.own_answer(el, now) or []
+                paged = self.catchup.answer(el)
+                return paged if paged is not None else self.muc.own_answer(el, now) or []
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
             if entry.fallback is not None and el.get("type") == "error":
@@ -323,6 +330,7 @@ class Router:
             actions += [ToUpstream(enable), ToUpstream(roster)]
             actions += self._account_presence()
             actions += self.muc.rejoin_all()
+            actions += self.catchup.start()  # what reached the server while nobody took it
         else:
             # Resumed: rooms the server still holds us in need nothing; a room held
             # but never joined in this process (a restart without its cached state) does.

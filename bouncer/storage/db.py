@@ -56,6 +56,13 @@ MIGRATIONS: list[str] = [
         last_seen REAL NOT NULL
     );
     """,
+    # 5: where the account's own MAM catch-up starts after a new upstream session.
+    """
+    CREATE TABLE marks (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 

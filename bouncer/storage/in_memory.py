@@ -109,6 +109,7 @@ class MemoryMailbox:
 
     items: list[StoredStanza] = field(default_factory=list)
     known: dict[str, Device] = field(default_factory=dict)
+    marks: dict[str, str] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def add(self, stanza: bytes, received: float) -> int:
@@ -138,6 +139,12 @@ class MemoryMailbox:
 
     def forget_device(self, resource: str) -> None:
         self.known.pop(resource, None)
+
+    def mark(self, name: str) -> str | None:
+        return self.marks.get(name)
+
+    def set_mark(self, name: str, value: str) -> None:
+        self.marks[name] = value
 
 
 @dataclass

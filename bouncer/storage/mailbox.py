@@ -53,3 +53,11 @@ class SqliteMailbox:
 
     def forget_device(self, resource: str) -> None:
         self._conn.execute("DELETE FROM devices WHERE resource = ?", (resource,))
+
+    # ---- marks --------------------------------------------------------------------------
+    def mark(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_mark(self, name: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value))

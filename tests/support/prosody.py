@@ -50,7 +50,7 @@ log = {{ {log_level} = "{dir}/prosody.log" }}
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
 c2s_direct_tls_ports = {{ {direct_tls_port} }}
-modules_disabled = {{ "s2s" }}
+modules_disabled = {{ {disabled} }}
 network_settings = {{ tcp_backlog = 1024; nagle = false }}
 
 certificates = "{dir}/certs"
@@ -115,7 +115,9 @@ class Prosody(ThrowawayServer):
     domain = DOMAIN
     muc_domain = MUC_DOMAIN
 
-    def __init__(self, base_dir: str | os.PathLike | None = None, *, log_level: str = "info"):
+    def __init__(self, base_dir: str | os.PathLike | None = None, *, log_level: str = "info",
+                 without: tuple[str, ...] = ()):
+        """``without``: modules loaded by default to disable too (e.g. ``("offline",)``)."""
         self.dir = Path(tempfile.mkdtemp(prefix="prosody-", dir=base_dir))
         self.datadir = self.dir / "data"
         self.log_path = self.dir / "prosody.log"
@@ -130,6 +132,7 @@ class Prosody(ThrowawayServer):
         while self.direct_tls_port == self.port:
             self.direct_tls_port = free_port()
         self.log_level = log_level  # "debug" logs every stanza: for diagnosis
+        self.without = without
         self._proc: subprocess.Popen | None = None
         self._names = itertools.count(1)
         self._make_cert()
@@ -162,6 +165,7 @@ class Prosody(ThrowawayServer):
                 cert=self.cert_path,
                 key=self.key_path,
                 modules="; ".join(f'"{m}"' for m in MODULES),
+                disabled="; ".join(f'"{m}"' for m in ("s2s", *self.without)),
                 domain=DOMAIN,
                 muc_domain=MUC_DOMAIN,
             )

@@ -231,3 +231,34 @@ def test_the_held_queue_is_flushed_when_full(account):
     for n in range(HELD_MAX):
         account.handle(UpstreamStanza(x(f"<presence from='c{n}@example.org/x' to='{UP}'/>")))
     assert len(received(phone)[writes:]) == HELD_MAX
+
+
+def mam_result(query: etree._Element, sid: str, sender: str, body: str) -> UpstreamStanza:
+    qid = query.get("id")
+    return UpstreamStanza(x(
+        f"<message from='{ACCOUNT}' to='{UP}'><result xmlns='urn:xmpp:mam:2' queryid='{qid}' id='{sid}'>"
+        f"<forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2026-11-28T10:00:00Z'/>"
+        f"<message xmlns='jabber:client' from='{sender}' to='{ACCOUNT}' type='chat'><body>{body}</body></message>"
+        f"</forwarded></result></message>"))
+
+
+def test_a_new_upstream_session_pages_the_accounts_mam_and_takes_each_message_once(account):
+    """Issue 12, 2: after a session that could not be resumed, what the server archived
+    since the last message taken reaches the sessions, once, whatever offline storage
+    brings too; what the account itself sent is not delivered again."""
+    phone = session(account, "phone")
+    account.handle(chat(5))
+    assert account.router.catchup.after == "sid5" and account.devices.mailbox.mark("account-mam") == "sid5"
+    account.upstream.sent.clear()  # type: ignore[union-attr]
+    account.handle(UpstreamUp(UP, resumed=False))
+    (query,) = [el for el in account.upstream.sent if el.find("{urn:xmpp:mam:2}query") is not None]  # type: ignore[union-attr]
+    assert query.findtext(".//{http://jabber.org/protocol/rsm}after") == "sid5" and query.get("to") is None
+    account.handle(mam_result(query, "sid6", "bob@example.org/x", "missed 6"))
+    account.handle(mam_result(query, "sid7", f"{ACCOUNT}/elsewhere", "I said this elsewhere"))
+    account.handle(chat(6))  # the same message again, from offline storage
+    account.handle(UpstreamStanza(x(f"<iq type='result' id='{query.get('id')}' from='{ACCOUNT}' to='{UP}'>"
+                                    f"<fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>")))
+    got = [el for el in received(phone) if el.tag == "{jabber:client}message"]
+    assert [el.findtext("{jabber:client}body") for el in got] == ["chat 5", "missed 6"]
+    assert got[1].find(f"{{{ns.DELAY}}}delay") is not None and got[1].get("to") == phone.jid
+    assert account.router.catchup.query_id is None  # done: complete

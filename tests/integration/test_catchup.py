@@ -1,0 +1,66 @@
+"""1:1 messages after a gap the upstream session could not bridge (issue 12, 2): the
+account pages its own MAM from the last message it took, and each device gets what it
+missed exactly once, whether the server also stored the messages offline or not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from integration_setup import make_setup
+from support.clients import body_is, close, connect
+
+TIMEOUT = 15
+
+
+def numbered(client) -> list[int]:
+    out = []
+    for el in client.received:
+        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
+        if body and body.startswith("n"):
+            out.append(int(body[1:]))
+    return out
+
+
+async def until(predicate, seen, timeout: float = TIMEOUT) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"still not there after {timeout} s: {seen()}") from None
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["with mod_offline", "without mod_offline"])
+async def test_chats_sent_while_the_bouncer_was_down_reach_each_device_once(prosody_factory, tmp_path, offline):
+    server = prosody_factory(without=() if offline else ("offline",))
+    server.start()
+    s = make_setup(server, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, server.port)
+    phone = await connect(f"{s.alice}/phone", s.password, s.port)
+    laptop = await connect(f"{s.alice}/laptop", s.password, s.port)
+    bob.send_message(mto=s.alice, mbody="before", mtype="chat")  # the last message the account took
+    await phone.wait_for(body_is("before"))
+    await laptop.wait_for(body_is("before"))
+    await asyncio.to_thread(s.bouncer.kill)
+    for client in (phone, laptop):
+        await asyncio.wait_for(client.disconnected_event.wait(), TIMEOUT)
+    for n in range(1, 31):
+        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    await asyncio.sleep(0.5)  # archived by the server meanwhile
+    await asyncio.to_thread(s.bouncer.start)
+    phone2 = await connect(f"{s.alice}/phone", s.password, s.port)
+    await until(lambda: numbered(phone2)[-1:] == [30], lambda: numbered(phone2))
+    await asyncio.to_thread(s.bouncer.wait_event, "account caught up")
+    laptop2 = await connect(f"{s.alice}/laptop", s.password, s.port)  # a device that comes back later
+    await until(lambda: numbered(laptop2)[-1:] == [30], lambda: numbered(laptop2))
+    await asyncio.sleep(0.5)  # nothing more comes
+    for client in (phone2, laptop2):
+        assert numbered(client) == list(range(1, 31))
+        assert all(el.find("{urn:xmpp:delay}delay") is not None for el in client.received
+                   if el.findtext("{jabber:client}body", "").startswith("n"))
+    await close(phone2, laptop2, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
