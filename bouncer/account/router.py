@@ -224,7 +224,7 @@ class Router:
             return self._upstream_iq(el, now)
         if el.tag == stanza.MESSAGE and self.catchup.owns(el):
             missed = self.catchup.unwrap(el)  # a message the account missed: as if it came now
-            return [] if missed is None else self._upstream_message(missed)
+            return [] if missed is None else self.from_upstream(missed, now)
         owner = self.iqs.mam_result(el) if el.tag == stanza.MESSAGE else None
         if owner is not None:
             return [Deliver((owner,), el)] if owner in self.sessions else []
