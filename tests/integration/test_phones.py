@@ -60,27 +60,38 @@ async def resume_on(mobile: Client, port: int) -> None:
     await asyncio.wait_for(resumed.wait(), TIMEOUT)
 
 
-async def test_a_phone_cut_off_resumes_and_gets_every_chat_once_in_order(prosody, tmp_path):
+async def test_a_phone_cut_off_resumes_and_gets_every_message_once_in_order(prosody, tmp_path):
+    """Numbered chats and room messages: some read, some in flight when the network goes,
+    some sent while it is away; after the resume each one is there once, in order."""
     s = make_setup(prosody, tmp_path)
     await asyncio.to_thread(s.bouncer.start)
     bob = await connect(s.bob, s.bob_password, prosody.port)
+    room = f"cut-{s.alice.split('@')[0]}@{prosody.muc_domain}"
+    await create_room(bob, room, "bob")
     mobile = await phone(s)
-    for n in range(1, 21):
-        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
-    await until(lambda: numbers(mobile, "n")[-1:] == [20], seen=lambda: numbers(mobile))
+    await join(mobile, room, "alice")
+
+    def say(first: int, last: int) -> None:
+        for n in range(first, last + 1):
+            bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+            send_groupchat(bob, room, f"r{n}")
+
+    say(1, 20)
+    await until(lambda: numbers(mobile, "r")[-1:] == [20] and numbers(mobile, "n")[-1:] == [20],
+                seen=lambda: (numbers(mobile, "n"), numbers(mobile, "r")))
     mobile.transport.pause_reading()  # what comes now is in flight when the network goes
-    for n in range(21, 31):
-        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
+    say(21, 30)
     await asyncio.sleep(0.5)  # written by the bouncer, never read by the phone
     mobile.transport.abort()  # the network is gone: no </stream>
     await asyncio.to_thread(s.bouncer.wait_event, "session hibernated", session="phone")
-    assert numbers(mobile, "n") == list(range(1, 21))
-    for n in range(31, 41):
-        bob.send_message(mto=s.alice, mbody=f"n{n}", mtype="chat")
-    await asyncio.sleep(0.5)  # let bob's chats reach the hibernated session
+    assert numbers(mobile, "n") == list(range(1, 21)) and numbers(mobile, "r") == list(range(1, 21))
+    say(31, 40)
+    await asyncio.sleep(0.5)  # let bob's messages reach the hibernated session
     await resume_on(mobile, s.port)
-    await until(lambda: numbers(mobile, "n")[-1:] == [40], seen=lambda: (numbers(mobile), s.bouncer.log_tail(15)))
+    await until(lambda: numbers(mobile, "r")[-1:] == [40] and numbers(mobile, "n")[-1:] == [40],
+                seen=lambda: (numbers(mobile, "n"), numbers(mobile, "r"), s.bouncer.log_tail(15)))
     assert numbers(mobile, "n") == list(range(1, 41))  # every one, once, in order
+    assert numbers(mobile, "r") == list(range(1, 41))
     # The log is read by another thread: wait for the line before counting what came before it.
     await asyncio.to_thread(s.bouncer.wait_event, "session resumed")
     assert s.bouncer.count("session resumed") == 1 and s.bouncer.count("session ended") == 0
@@ -216,7 +227,7 @@ async def test_an_inactive_phone_gets_bodies_at_once_and_presences_when_active(p
     carol_jid, carol_pw = prosody.new_user("carol")
     dave_jid, dave_pw = prosody.new_user("dave")
     carol = await connect(carol_jid, carol_pw, prosody.port)
-    room = f"csi@{prosody.muc_domain}"
+    room = f"csi-{s.alice.split('@')[0]}@{prosody.muc_domain}"
     await create_room(carol, room, "carol")
     mobile = await phone(s)
     await join(mobile, room, "alice")
