@@ -23,14 +23,14 @@ def dump(router: Router) -> dict[str, Any]:
     for room in router.muc.rooms.values():
         if room.phase is RoomPhase.JOINED and room.self_presence is not None:
             rooms[room.jid] = {
-                "occupants": {nick: _text(el) for nick, el in room.occupants.items()},
-                "self": _text(room.self_presence),
-                "subject": _text(room.subject) if room.subject is not None else None,
+                "occupants": {nick: as_text(el) for nick, el in room.occupants.items()},
+                "self": as_text(room.self_presence),
+                "subject": as_text(room.subject) if room.subject is not None else None,
                 "own_mam": room.own_mam,
                 "sent": room.sent_presence.decode() if room.sent_presence else None,
             }
     return {
-        "contacts": {full: _text(el) for full, el in router.contacts.items()},
+        "contacts": {full: as_text(el) for full, el in router.contacts.items()},
         "sent_presence": router.sent_presence.decode() if router.sent_presence else None,
         "rooms": rooms,
     }
@@ -38,7 +38,7 @@ def dump(router: Router) -> dict[str, Any]:
 
 def load(router: Router, data: dict[str, Any]) -> int:
     """Restore ``dump``'s view into a fresh router; returns the rooms restored."""
-    router.contacts = {full: _element(text) for full, text in data.get("contacts", {}).items()}
+    router.contacts = {full: from_text(text) for full, text in data.get("contacts", {}).items()}
     sent = data.get("sent_presence")
     router.sent_presence = sent.encode() if sent else None
     restored = 0
@@ -52,17 +52,18 @@ def load(router: Router, data: dict[str, Any]) -> int:
 
 
 def _restore_room(room: Room, saved: dict[str, Any]) -> None:
-    room.occupants = {nick: _element(text) for nick, text in saved["occupants"].items()}
-    room.self_presence = _element(saved["self"])
-    room.subject = _element(saved["subject"]) if saved.get("subject") else None
+    room.occupants = {nick: from_text(text) for nick, text in saved["occupants"].items()}
+    room.self_presence = from_text(saved["self"])
+    room.subject = from_text(saved["subject"]) if saved.get("subject") else None
     room.own_mam = bool(saved.get("own_mam"))
     room.sent_presence = saved["sent"].encode() if saved.get("sent") else None
     room.phase = RoomPhase.JOINED
 
 
-def _text(el) -> str:
+def as_text(el) -> str:
+    """A stanza as the restart state (JSON) keeps it; ``from_text`` reads it back."""
     return stanza.serialize(el).decode()
 
 
-def _element(text: str):
+def from_text(text: str):
     return stanza.parse_stored(text.encode())

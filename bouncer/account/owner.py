@@ -23,6 +23,7 @@ from bouncer.account.delivery import CATCHUP_MARK, Delivery
 from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.resumption import HibernationLimits
 from bouncer.account.router import Router, RouterSettings, Session
+from bouncer.config import SessionsConfig
 from bouncer.core.effects import (
     Bound, CloseSession, Cut, Deliver, DeliverSeries, Effect, FlushHeld, FlushStored, HoldRoom, Mail, ReleaseRoom, Resumed,
     ResumeFailed, ToUpstream,
@@ -51,8 +52,8 @@ class Account:
     devices: DeviceBook
     transaction: Transaction
     upstream: UpstreamPort | None = None
-    retention: Retention = field(default_factory=lambda: Retention(30 * 86400.0, 90 * 86400.0))
-    hibernation: HibernationLimits = field(default_factory=HibernationLimits)
+    retention: Retention = field(default_factory=lambda: retention(SessionsConfig()))
+    hibernation: HibernationLimits = field(default_factory=lambda: hibernation(SessionsConfig()))
     clock: Callable[[], float] = time.time  # wall clock: it stamps archived and stored stanzas
     _shutting_down: bool = False
     _pruned_at: float | None = None
@@ -138,8 +139,8 @@ class Account:
     def _reconfigure(self, config: Config) -> list[Effect]:
         self.router.reconfigure(router_settings(config))
         self.muc.reconfigure(muc_settings(config))
-        self.retention = retention(config)
-        self.hibernation = hibernation(config)
+        self.retention = retention(config.sessions)
+        self.hibernation = hibernation(config.sessions)
         return self.router.refresh_presence()  # a new idle presence shows at once
 
     def _answer_failed(self, event: Event) -> None:
@@ -247,7 +248,7 @@ def build_account(config: Config, archive: RoomArchive, mailbox: Mailbox, transa
     router = Router(router_settings(config), muc)
     router.catchup.after = mailbox.mark(CATCHUP_MARK)
     return Account(router, DeviceBook(mailbox), transaction,
-                   retention=retention(config), hibernation=hibernation(config))
+                   retention=retention(config.sessions), hibernation=hibernation(config.sessions))
 
 
 def router_settings(config: Config) -> RouterSettings:
@@ -272,11 +273,10 @@ def muc_settings(config: Config) -> MucSettings:
     )
 
 
-def retention(config: Config) -> Retention:
-    return Retention(max_age=config.sessions.backlog_max_age * 86400.0,
-                     forget_after=config.sessions.forget_after * 86400.0)
+def retention(sessions: SessionsConfig) -> Retention:
+    return Retention(max_age=sessions.backlog_max_age * 86400.0, forget_after=sessions.forget_after * 86400.0)
 
 
-def hibernation(config: Config) -> HibernationLimits:
-    return HibernationLimits(seconds=config.sessions.hibernation, max_stanzas=config.sessions.hibernation_queue,
-                             max_bytes=config.sessions.hibernation_queue_bytes)
+def hibernation(sessions: SessionsConfig) -> HibernationLimits:
+    return HibernationLimits(seconds=sessions.hibernation, max_stanzas=sessions.hibernation_queue,
+                             max_bytes=sessions.hibernation_queue_bytes)

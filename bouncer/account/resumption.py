@@ -24,9 +24,9 @@ log = structlog.get_logger("bouncer.account")
 
 @dataclass(frozen=True)
 class HibernationLimits:
-    seconds: float = 86400.0  # how long a dropped session waits (advertised as <enabled max=/>)
-    max_stanzas: int = 2000  # what it holds meanwhile
-    max_bytes: int = 4 << 20
+    seconds: float  # how long a dropped session waits (advertised as <enabled max=/>)
+    max_stanzas: int  # what it holds meanwhile
+    max_bytes: int
 
 
 def resumable(session: Session) -> bool:

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from bouncer.account.handover import as_text, from_text
 from bouncer.account.hibernation import Hibernation
 from bouncer.account.resumption import HibernationLimits, resumable
 from bouncer.account.router import Router, Session
-from bouncer.xmpp import stanza
 from bouncer.xmpp.sm import StreamManagement
 
 
@@ -28,14 +28,14 @@ def dump(router: Router, now: float) -> dict[str, Any]:
 def _session(router: Router, session: Session, now: float) -> dict[str, Any]:
     state = session.sm
     assert state is not None
-    rooms = {room.jid: _text(room.session_presence[session.resource])
+    rooms = {room.jid: as_text(room.session_presence[session.resource])
              for room in router.muc.rooms.values()
              if session.resource in room.sessions and session.resource in room.session_presence}
     return {
         "resource": session.resource,
         "since": session.port.since,
         "hibernated_at": session.hibernated_at if session.hibernated_at is not None else now,
-        "presence": _text(session.presence) if session.presence is not None else None,
+        "presence": as_text(session.presence) if session.presence is not None else None,
         "carbons": session.carbons,
         "sm": {"id": state.id, "max": state.max, "inbound": state.inbound, "sent": state.sent,
                "acked": state.acked, "unacked": [wire.decode() for wire in state.unacked]},
@@ -55,7 +55,7 @@ def load(router: Router, data: dict[str, Any], limits: HibernationLimits) -> lis
             unacked=deque(wire.encode() for wire in sm["unacked"]))
         full = f"{router.account}/{resource}"
         port = Hibernation(full, "(before the restart)", saved["since"], state, limits.max_stanzas, limits.max_bytes)
-        session = Session(resource, full, port, presence=_element(saved["presence"]), carbons=saved["carbons"],
+        session = Session(resource, full, port, presence=from_text(saved["presence"]) if saved["presence"] else None, carbons=saved["carbons"],
                           sm=state, hibernated_at=saved["hibernated_at"])
         session.unconfirmed = deque((marker, stored) for marker, stored in saved["unconfirmed"])
         router.sessions[resource] = session
@@ -63,14 +63,7 @@ def load(router: Router, data: dict[str, Any], limits: HibernationLimits) -> lis
             room = router.muc.rooms.get(room_jid)
             if room is not None:  # left meanwhile: the session is not in it any more
                 room.sessions.add(resource)
-                room.session_presence[resource] = stanza.parse_stored(text.encode())
+                room.session_presence[resource] = from_text(text)
         restored.append(resource)
     return restored
 
-
-def _text(el) -> str:
-    return stanza.serialize(el).decode()
-
-
-def _element(text: str | None):
-    return None if text is None else stanza.parse_stored(text.encode())
