@@ -327,13 +327,7 @@ async def timed_resume(ep: Endpoint, old: SmClient, rooms: Sequence[str], expect
             client = await fresh_login(ep, phone, rooms, since)
             outcome += "new connection + rejoin"
     connected = time.perf_counter() - started
-    try:
-        done = await phone.wait(timeout)
-    except TimeoutError:
-        done = time.perf_counter()
-        outcome += f" -- TIMED OUT: {never_came(phone.missing)}"
-    return client, ResumeTrial("resume", connected, done - started, outcome, phone.stanzas,
-                               time.process_time() - cpu0, len(phone.missing))
+    return client, await delivered(phone, "resume", outcome, started, connected, cpu0, timeout)
 
 
 async def timed_fresh_login(ep: Endpoint, rooms: Sequence[str], expected: set[str], since: float,
@@ -345,14 +339,19 @@ async def timed_fresh_login(ep: Endpoint, rooms: Sequence[str], expected: set[st
     client = await ep.login(phone)
     connected = time.perf_counter() - started
     catch_up(client, rooms, since)
-    outcome = "fresh login + rejoin"
+    return client, await delivered(phone, "fresh login", "fresh login + rejoin", started, connected, cpu0, timeout)
+
+
+async def delivered(phone: Phone, how: str, outcome: str, started: float, connected: float, cpu0: float,
+                    timeout: float) -> ResumeTrial:
+    """Wait until everything of the loss arrived (or the timeout): the trial's figures."""
     try:
         done = await phone.wait(timeout)
     except TimeoutError:
         done = time.perf_counter()
         outcome += f" -- TIMED OUT: {never_came(phone.missing)}"
-    return client, ResumeTrial("fresh login", connected, done - started, outcome, phone.stanzas,
-                               time.process_time() - cpu0, len(phone.missing))
+    return ResumeTrial(how, connected, done - started, outcome, phone.stanzas,
+                       time.process_time() - cpu0, len(phone.missing))
 
 
 async def back_to_sleep(client: SmClient) -> None:

@@ -9,28 +9,9 @@ import asyncio
 import pytest
 
 from integration_setup import make_setup
-from support.clients import body_is, close, connect
+from support.clients import body_is, close, connect, numbers, until
 
 TIMEOUT = 15
-
-
-def numbered(client) -> list[int]:
-    out = []
-    for el in client.received:
-        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
-        if body and body.startswith("n"):
-            out.append(int(body[1:]))
-    return out
-
-
-async def until(predicate, seen, timeout: float = TIMEOUT) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"still not there after {timeout} s: {seen()}") from None
 
 
 @pytest.mark.parametrize("offline", [True, False], ids=["with mod_offline", "without mod_offline"])
@@ -53,13 +34,13 @@ async def test_chats_sent_while_the_bouncer_was_down_reach_each_device_once(pros
     await asyncio.sleep(0.5)  # archived by the server meanwhile
     await asyncio.to_thread(s.bouncer.start)
     phone2 = await connect(f"{s.alice}/phone", s.password, s.port)
-    await until(lambda: numbered(phone2)[-1:] == [30], lambda: numbered(phone2))
+    await until(lambda: numbers(phone2)[-1:] == [30], seen=lambda: numbers(phone2))
     await asyncio.to_thread(s.bouncer.wait_event, "account caught up")
     laptop2 = await connect(f"{s.alice}/laptop", s.password, s.port)  # a device that comes back later
-    await until(lambda: numbered(laptop2)[-1:] == [30], lambda: numbered(laptop2))
+    await until(lambda: numbers(laptop2)[-1:] == [30], seen=lambda: numbers(laptop2))
     await asyncio.sleep(0.5)  # nothing more comes
     for client in (phone2, laptop2):
-        assert numbered(client) == list(range(1, 31))
+        assert numbers(client) == list(range(1, 31))
         assert all(el.find("{urn:xmpp:delay}delay") is not None for el in client.received
                    if el.findtext("{jabber:client}body", "").startswith("n"))
     await close(phone2, laptop2, bob)

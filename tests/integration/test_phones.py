@@ -10,23 +10,12 @@ import socket
 import pytest
 
 from integration_setup import make_setup
-from support.clients import Client, close, connect
+from support.clients import Client, close, connect, numbers, until
 from support.muc import create_room, from_occupant, groupchat, join, send_groupchat
 from support.rawxmpp import SmClient
 from support.upstream import Blackhole
 
 TIMEOUT = 15
-
-
-def numbers(client: Client, prefix: str = "n") -> list[int]:
-    """The numbered chats ``client`` received (``<prefix><n>``, then anything after a
-    space), in the order it got them, repeats kept."""
-    out = []
-    for el in client.received:
-        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
-        if body and body.startswith(prefix):
-            out.append(int(body[len(prefix):].split(" ", 1)[0]))
-    return out
 
 
 async def phone(s, resource: str = "phone", port: int | None = None) -> Client:
@@ -40,17 +29,6 @@ async def phone(s, resource: str = "phone", port: int | None = None) -> Client:
     await asyncio.wait_for(enabled.wait(), TIMEOUT)
     assert client.plugin["xep_0198"].sm_id
     return client
-
-
-async def until(predicate, timeout: float = TIMEOUT, *, seen=None) -> None:
-    """Poll ``predicate``; on timeout, fail saying what ``seen()`` (the state waited on) is."""
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"still not there after {timeout} s: {seen() if seen else ''}") from None
 
 
 async def resume_on(mobile: Client, port: int) -> None:

@@ -105,3 +105,25 @@ def body_is(text: str) -> Predicate:
         return el.tag == "{jabber:client}message" and el.findtext("{jabber:client}body") == text
 
     return pred
+
+
+def numbers(client, prefix: str = "n") -> list[int]:
+    """The numbered messages ``client`` received (bodies ``<prefix><n>``, then anything after
+    a space), in the order it got them, repeats kept: what "each once, in order" is checked on."""
+    out = []
+    for el in client.received:
+        body = el.findtext("{jabber:client}body") if el.tag == "{jabber:client}message" else None
+        if body and body.startswith(prefix):
+            out.append(int(body[len(prefix):].split(" ", 1)[0]))
+    return out
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 15.0, *, seen: Callable[[], object] | None = None) -> None:
+    """Poll ``predicate``; on timeout, fail saying what ``seen()`` (the state waited on) is."""
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"still not there after {timeout} s: {seen() if seen else ''}") from None
