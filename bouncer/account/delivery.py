@@ -52,10 +52,9 @@ class Delivery:
         sessions = [s for s in map(self.router.sessions.get, resources) if s is not None and s.port.jid]
         if not sessions:
             return
-        out = self._writable(el)
+        out: bytes | Prepared | None = None  # serialised once, when a session takes it now
         urgent: bool | None = None
         for session in sessions:
-            wire_ = out if isinstance(out, bytes) else out.to(session.port.jid)  # type: ignore[arg-type]
             if not session.csi_active or session.hibernated_at is not None:
                 # An inactive client, or one away (hibernating: it is sent nothing until it
                 # resumes), gets the latest presence of each sender, not every one.
@@ -64,7 +63,8 @@ class Delivery:
                     if session.held.hold(el, self.clock()):
                         self.flush_held(session.resource)
                     continue
-            self._send(session, [wire_])
+            out = out if out is not None else self._writable(el)
+            self._send(session, [out if isinstance(out, bytes) else out.to(session.port.jid)])  # type: ignore[arg-type]
 
     def series(self, resource: str, stanzas: tuple[Element | Prepared, ...]) -> None:
         """Stanzas in order to one session, in one write (a local join's answer)."""
