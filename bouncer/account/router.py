@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from bouncer.account.capabilities import AccountCaps
 from bouncer.account.held import Held
 from bouncer.account.iqtrack import IqTracker
 from bouncer.account.mam_catchup import AccountCatchup
@@ -21,7 +22,7 @@ from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushHeld
 from bouncer.core.ports import SessionPort
 from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
-from bouncer.xmpp import carbons, ids, jid, local_iq, ns, presence, stanza
+from bouncer.xmpp import bookmarks, caps, carbons, ids, jid, local_iq, ns, presence, stanza
 from bouncer.xmpp.ns import q
 from bouncer.xmpp.sm import StreamManagement
 
@@ -71,6 +72,7 @@ class Router:
     queue: deque[Element] = field(default_factory=deque)  # waits for the upstream; only the Router writes it
     iqs: IqTracker = field(init=False)
     catchup: AccountCatchup = field(init=False)
+    caps: AccountCaps = field(default_factory=AccountCaps)  # what the account announces upstream
     sent_presence: bytes | None = None  # the account's presence as the server last got it
 
     def __post_init__(self) -> None:
@@ -167,6 +169,8 @@ class Router:
         el.set("to", session.jid)  # re-addressed to each sibling, as a server broadcasts
         others = tuple(r for r in self._available() if r != session.resource)
         actions: list[Effect] = [Deliver(others, el)] if others else []
+        if session.presence is not None:
+            actions += self.caps.ask(session.resource, session.jid, el)
         if first:
             session.replay_after = self.iqs.roster_get_of(session.resource)
             if session.replay_after is None:
@@ -186,6 +190,8 @@ class Router:
     def _session_iq(self, session: Session, el: Element, now: float) -> list[Effect]:
         to = el.get("to")
         if stanza.is_error_or_result(el):
+            if self.caps.learn(el):
+                return self._account_presence()  # what the client can do joins the account's caps
             if ids.is_ours(el.get("id"), "push") or ids.is_ours(el.get("id"), "idle"):
                 return []  # answers to the bouncer's own IQs: a roster push it acknowledged, an idle ping
             return self._upstream(el, session)
@@ -199,6 +205,11 @@ class Router:
             return [Deliver((session.resource,), answer)]
         if to is not None:
             self.peers[jid.bare(to)] = session.resource
+        stored = bookmarks.from_private_set(el) if to is None or to == self.account else None
+        actions = [] if stored is None else self.muc.bookmarks_changed(stored, self._nick())
+        return actions + self._session_iq_onwards(session, el, to, now)
+
+    def _session_iq_onwards(self, session: Session, el: Element, to: str | None, now: float) -> list[Effect]:
         if not self.upstream_up:
             return [Deliver((session.resource,), stanza.error_reply(el, "remote-server-timeout", "upstream is reconnecting"))]
         if to is not None and jid.resource(to) is None and self.muc.holds(to):
@@ -243,8 +254,7 @@ class Router:
             upstream_id = el.get("id", "")
             entry = self.iqs.inbound(el)
             if entry is None:
-                paged = self.catchup.answer(el)
-                return paged if paged is not None else self.muc.own_answer(el, now) or []
+                return self._own_answer(el, now)
             if entry is None or entry.resource not in self.sessions:
                 return []  # the bouncer's own IQ, or its session is gone
             if entry.fallback is not None and el.get("type") == "error":
@@ -261,7 +271,8 @@ class Router:
             push.set("id", ids.new("push"))
             actions: list[Effect] = [ToUpstream(stanza.iq_result(el))]
             return actions + ([Deliver(tuple(self.sessions), push)] if self.sessions else [])
-        answer = local_iq.answer(el)
+        answer = self.caps.answer(el)
+        answer = answer if answer is not None else local_iq.answer(el)
         if answer is not None:
             return [ToUpstream(answer)]
         target = self._iq_target(el)
@@ -269,12 +280,19 @@ class Router:
             return [ToUpstream(stanza.error_reply(el, "service-unavailable"))]
         return [Deliver((target,), el)]
 
+    def _own_answer(self, el: Element, now: float) -> list[Effect]:
+        """An answer to an IQ the account sent itself: catch-up pages, bookmarks, rooms."""
+        for decided in (self.catchup.answer(el), self.muc.bookmarks_read(el, self._nick())):
+            if decided is not None:
+                return decided
+        return self.muc.own_answer(el, now) or []
+
     def _iq_target(self, el: Element) -> str | None:
         """Which session answers an IQ sent to the account's upstream JID."""
         body = stanza.payload(el)
         node = body.get("node") if body is not None and body.tag == q(ns.DISCO_INFO, "query") else None
         if node is not None:
-            return next((r for r, s in self.sessions.items() if _caps_node(s) == node), None)
+            return next((r for r, s in self.sessions.items() if s.presence is not None and caps.node_of(s.presence) == node), None)
         peer = self.peers.get(jid.bare(el.get("from", "")))
         if peer in self.sessions:
             return peer
@@ -285,7 +303,18 @@ class Router:
         if carbons.is_carbon(el) and jid.same_bare(el.get("from"), self.account) and jid.resource(el.get("from", "")) is None:
             targets = tuple(r for r, s in self.sessions.items() if s.carbons and s.presence is not None)
             return [Mail(el, targets)]
+        node = caps.notified_node(el)
+        if node is not None:
+            return self._notification(el, node)
         return self._to_interested(el, keep=_worth_keeping(el))
+
+    def _notification(self, el: Element, node: str) -> list[Effect]:
+        """A PEP notification (XEP-0163) goes to the sessions whose client asked for its node;
+        the account's own bookmarks also drive its rooms (SPEC §8)."""
+        change = bookmarks.from_event(el) if _from_account_or_server(el, self.account) else None
+        actions = [] if change is None else self.muc.bookmarks_changed(change, self._nick())
+        targets = tuple(r for r, s in self.sessions.items() if s.presence is not None and self.caps.wants(s.presence, node))
+        return actions + ([Deliver(targets, el)] if targets else [])
 
     def _upstream_presence(self, el: Element) -> list[Effect]:
         sender = el.get("from", "")
@@ -335,6 +364,9 @@ class Router:
             # Resumed: rooms the server still holds us in need nothing; a room held
             # but never joined in this process (a restart without its cached state) does.
             actions += self.muc.join_unjoined()
+        # Bookmarks changed meanwhile were not notified to a new session; a resumed one got
+        # them, so it reads them only when this process has not yet (a restart).
+        actions += self.muc.read_bookmarks(again=not resumed)
         while self.queue:
             actions.append(ToUpstream(self.queue.popleft()))
         return actions
@@ -393,11 +425,16 @@ class Router:
             return []  # sent on (re)establishment
         available = [s.presence for s in self.sessions.values() if s.presence is not None]
         agg = presence.aggregate(available, self.settings.idle_show, self.settings.idle_status)  # type: ignore[arg-type]
+        self.caps.stamp(agg, available)  # type: ignore[arg-type]
         wire = stanza.serialize(agg)
         if wire == self.sent_presence:
             return []
         self.sent_presence = wire
         return [ToUpstream(agg)]
+
+    def _nick(self) -> str:
+        """The account's nick in a room no session chose one for."""
+        return jid.localpart(self.account) or self.account
 
     def _available(self) -> tuple[str, ...]:
         return tuple(r for r, s in self.sessions.items() if s.presence is not None)
@@ -423,6 +460,3 @@ def _worth_keeping(msg: Element) -> bool:
     children = [c for c in msg if isinstance(c.tag, str)]
     return not children or any(etree.QName(c).namespace not in (ns.CHATSTATES,) for c in children)
 
-
-def _caps_node(session: Session) -> str | None:
-    return None if session.presence is None else presence.caps_node(session.presence)

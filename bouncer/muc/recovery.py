@@ -115,6 +115,17 @@ def retry_later(room: Room, now: float) -> list[Effect]:
     return []
 
 
+def hold(state: MucState, room_jid: str, nick: str, password: str | None) -> list[Effect]:
+    """The account joins a room no session asked for (a bookmark's autojoin, SPEC §8):
+    sessions that join it later are answered locally, as for any held room."""
+    if room_jid in state.rooms:
+        return []
+    room = Room(room_jid, nick, password)
+    state.rooms[room_jid] = room
+    log.info("holding room for the account", room=room_jid, nick=nick)
+    return join_upstream(state, room)
+
+
 def join_upstream(state: MucState, room: Room) -> list[Effect]:
     """Join ``room`` upstream again with what the account's sessions show, asking
     for the history since the last archived message so the archive has no gap."""

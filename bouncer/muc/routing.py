@@ -17,10 +17,12 @@ from lxml import etree
 
 from bouncer.core.effects import Deliver, Effect, ToUpstream
 from bouncer.core.ports import RoomArchive
-from bouncer.muc import catchup, fanout, joins, mam, recovery
+from bouncer.muc import autojoin, catchup, fanout, joins, mam, recovery
+from bouncer.muc.autojoin import BookmarkBook
 from bouncer.muc.room import Room, RoomPhase, is_join
 from bouncer.muc.state import MucSettings, MucState, fan
 from bouncer.xmpp import carbons, jid, local_iq, ns, stanza
+from bouncer.xmpp.bookmarks import Change
 from bouncer.xmpp.ns import q
 
 Element = etree._Element
@@ -30,6 +32,7 @@ log = structlog.get_logger("bouncer.muc")
 class MucRouter:
     def __init__(self, archive: RoomArchive, settings: MucSettings | None = None) -> None:
         self.state = MucState(archive, settings or MucSettings())
+        self.bookmarks = BookmarkBook()
 
     @property
     def rooms(self) -> dict[str, Room]:
@@ -130,6 +133,23 @@ class MucRouter:
         if iq.get("id") == room.ping_id:
             return recovery.ping_answer(self.state, room, iq, now)
         return None
+
+    # ---- the account's own joins and leaves (SPEC §6.3, §8) --------------------------
+    def hold(self, room_jid: str, nick: str, password: str | None = None) -> list[Effect]:
+        return recovery.hold(self.state, jid.bare(room_jid), nick, password)
+
+    def read_bookmarks(self, again: bool) -> list[Effect]:
+        """Read the account's bookmarks; unless ``again``, only if this process has not
+        (nor asked: a resumed stream still brings the answer)."""
+        book = self.bookmarks
+        return autojoin.read(book) if again or not (book.read_done or book.asked) else []
+
+    def bookmarks_read(self, iq: Element, nick: str) -> list[Effect] | None:
+        """The answer to ``read_bookmarks``; None: ``iq`` answers something else."""
+        return autojoin.answer(self.state, self.bookmarks, iq, nick)
+
+    def bookmarks_changed(self, change: Change, nick: str) -> list[Effect]:
+        return autojoin.apply(self.state, self.bookmarks, change, nick)
 
     # ---- upstream lifecycle and time ----------------------------------------------
     def rejoin_all(self) -> list[Effect]:

@@ -18,7 +18,8 @@ from bouncer.xmpp.ns import q
 # the account's disco#info (SPEC §5, §13: Conversations gates carbons on it).
 ADDED_FEATURES = (ns.CARBONS, ns.PING)
 
-# What the bouncer's own upstream full JID answers (SPEC §5, incoming IQs).
+# What the bouncer's own upstream full JID answers (SPEC §5, incoming IQs); its
+# disco#info, which adds its clients' features, is ``account.capabilities``.
 OWN_FEATURES = (ns.DISCO_INFO, ns.PING, ns.VERSION, ns.TIME)
 
 
@@ -34,8 +35,6 @@ def answer(iq: etree._Element) -> etree._Element | None:
         return _version(iq)
     if tag == q(ns.TIME, "time"):
         return _time(iq)
-    if tag == q(ns.DISCO_INFO, "query") and body.get("node") is None:
-        return _disco(iq)
     return None
 
 
@@ -75,11 +74,3 @@ def _time(iq: etree._Element) -> etree._Element:
     etree.SubElement(t, q(ns.TIME, "utc")).text = stanza.utc_stamp(time.time())[:-5] + "Z"
     return reply
 
-
-def _disco(iq: etree._Element) -> etree._Element:
-    reply = stanza.iq_result(iq)
-    query = stanza.child(reply, ns.DISCO_INFO, "query")
-    etree.SubElement(query, q(ns.DISCO_INFO, "identity"), category="client", type="pc", name="bouncer")
-    for var in OWN_FEATURES:
-        etree.SubElement(query, q(ns.DISCO_INFO, "feature"), var=var)
-    return reply

@@ -31,6 +31,11 @@ DATA = "jabber:x:data"
 MUC = "http://jabber.org/protocol/muc"
 MUC_USER = "http://jabber.org/protocol/muc#user"
 STANZA_ID = "urn:xmpp:sid:0"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
+PRIVATE = "jabber:iq:private"
+BOOKMARKS = "urn:xmpp:bookmarks:1"
+BOOKMARKS_STORAGE = "storage:bookmarks"
 
 
 def q(ns: str, local: str) -> str:

@@ -57,10 +57,3 @@ def is_broadcast(el: etree._Element) -> bool:
 def is_subscription(el: etree._Element) -> bool:
     return el.get("type") in ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 
-
-def caps_node(el: etree._Element) -> str | None:
-    """``node#ver`` of the XEP-0115 caps a presence carries (disco#info queries use it)."""
-    c = stanza.find(el, ns.CAPS, "c")
-    if c is None or not c.get("node") or not c.get("ver"):
-        return None
-    return f"{c.get('node')}#{c.get('ver')}"
