@@ -92,6 +92,15 @@ class AccountCaps:
         known = self.announced.get(ver)
         return caps.disco_result(iq, known, node) if known else stanza.error_reply(iq, "item-not-found")
 
+    def dump(self) -> dict:
+        """What a restart hands over: clients resuming there send no presence to be asked
+        again, and the server and contacts keep the account's hashes."""
+        return {"learned": _plain(self.learned), "announced": _plain(self.announced)}
+
+    def load(self, data: dict) -> None:
+        self.learned = _from_plain(data.get("learned", {}))
+        self.announced = _from_plain(data.get("announced", {}))
+
     def wants(self, presence: Element, node: str) -> bool:
         """Whether the client behind ``presence`` asked to be notified of ``node``
         (a client not known yet gets everything, as before it was asked)."""
@@ -102,3 +111,13 @@ class AccountCaps:
 def _bound(table: dict, limit: int) -> None:
     while len(table) > limit:
         del table[next(iter(table))]
+
+
+def _plain(table: dict[str, Capabilities]) -> dict:
+    return {key: {"identities": [[i.category, i.type, i.lang, i.name] for i in sorted(c.identities)],
+                  "features": sorted(c.features)} for key, c in table.items()}
+
+
+def _from_plain(data: dict) -> dict[str, Capabilities]:
+    return {key: Capabilities(frozenset(Identity(*i) for i in c["identities"]), frozenset(c["features"]))
+            for key, c in data.items()}

@@ -33,6 +33,7 @@ def dump(router: Router) -> dict[str, Any]:
         "contacts": {full: as_text(el) for full, el in router.contacts.items()},
         "sent_presence": router.sent_presence.decode() if router.sent_presence else None,
         "rooms": rooms,
+        "caps": router.caps.dump(),
     }
 
 
@@ -41,6 +42,7 @@ def load(router: Router, data: dict[str, Any]) -> int:
     router.contacts = {full: from_text(text) for full, text in data.get("contacts", {}).items()}
     sent = data.get("sent_presence")
     router.sent_presence = sent.encode() if sent else None
+    router.caps.load(data.get("caps", {}))
     restored = 0
     for jid_, saved in data.get("rooms", {}).items():
         room = router.muc.rooms.get(jid_)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from lxml import etree
+
+from bouncer.account import handover
 
 from bouncer.account.capabilities import NODE
 from bouncer.core.effects import Deliver, ToUpstream
@@ -216,3 +220,20 @@ def test_a_notification_reaches_only_the_sessions_whose_client_asked_for_its_nod
     r.from_session("unknown", x(f"<presence from='{ACCOUNT}/unknown'/>"), 0)
     actions = r.from_upstream(notification(conference(ROOM, False)), 0)
     assert [sorted(a.resources) for a in actions if isinstance(a, Deliver)] == [["unknown", "wants"]]
+
+
+def test_a_restart_hands_over_what_clients_can_do_and_the_hashes_announced():
+    """Sessions resumed after a restart send no presence to be asked again."""
+    r, _ = started()
+    bind(r, "gajim")
+    [ask] = [el for el in to(r.from_session("gajim", client_presence("gajim"), 0), "gajim") if el.tag == f"{{{ns.CLIENT}}}iq"]
+    [sent] = up(r.from_session("gajim", x(f"<iq type='result' id='{ask.get('id')}'><query xmlns='{ns.DISCO_INFO}'>"
+                                          "<identity category='client' type='pc'/><feature var='x+notify'/></query></iq>"), 0))
+    ver = sent.find(f"{{{ns.CAPS}}}c").get("ver")
+    after = new_router(ACCOUNT)
+    handover.load(after, json.loads(json.dumps(handover.dump(r))))
+    server_asks = x(f"<iq type='get' id='d1' from='{ACCOUNT}' to='{UP}'><query xmlns='{ns.DISCO_INFO}' node='{NODE}#{ver}'/></iq>")
+    after.upstream_established(UP, resumed=True)
+    [described] = up(after.from_upstream(server_asks, 0))
+    assert "x+notify" in caps.from_disco(described).features
+    assert after.caps.ask("gajim", f"{ACCOUNT}/gajim", client_presence("gajim")) == []  # known already
