@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except ConfigError as e:
-        _fail(str(e))
+        for line in str(e).splitlines():  # one line per mistake (ConfigErrors has several)
+            _fail(line)
         return EXIT_USAGE
 
 

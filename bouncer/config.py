@@ -1,7 +1,8 @@
 """Load and validate ``bouncer.yaml``.
 
 Every user mistake becomes one ConfigError naming the key, so start-up and
-``bouncer check-config`` print one line instead of a traceback (SPEC §2). The _SECTIONS
+``bouncer check-config`` print one line per mistake instead of a traceback (SPEC §2),
+every mistake of the file in one run (``ConfigErrors``). The _SECTIONS
 table drives validation: each key has a parser for its own value; rules that involve
 several keys or the filesystem live in one builder per section. Defaults live only on
 the dataclasses below.
@@ -35,6 +36,19 @@ class ConfigError(Exception):
         self.key = key
         self.problem = " ".join(problem.splitlines())
         super().__init__(f"{key}: {self.problem}")
+
+
+class ConfigErrors(ConfigError):
+    """Several mistakes found in one read; ``str()`` is one ``key: problem`` line each, and
+    ``key``/``problem`` are the first's."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__(errors[0].key, errors[0].problem)
+        self.errors = errors
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @dataclass(frozen=True)
@@ -170,12 +184,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(shown, f"expected a mapping of sections, got {_show(document)}")
-    _reject_unknown(document, _SECTIONS, "")
+    errors = _unknown(document, _SECTIONS, "")
     context = _Context(os.path.dirname(os.path.abspath(shown)), [])
-    built = {
-        name: section.build(_parse_section(name, document.get(name), section.keys), context)
-        for name, section in _SECTIONS.items()
-    }
+    built = {}
+    for name, section in _SECTIONS.items():
+        try:
+            values = _parse_section(name, document.get(name), section.keys)
+            built[name] = section.build(values, context)
+        except ConfigError as e:
+            errors += e.errors if isinstance(e, ConfigErrors) else [e]
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     return Config(**built, warnings=tuple(context.warnings), source=os.path.abspath(shown))
 
 
@@ -244,36 +263,40 @@ class _Section:
 
 
 def _parse_section(name: str, raw: Any, keys: dict[str, _Key]) -> dict[str, Any]:
-    """Parsed values of the keys present; an absent section or a null value means default."""
+    """Parsed values of the keys present; an absent section or a null value means default.
+    Raises every mistake of the section's keys at once."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(name, f"expected a mapping of keys, got {_show(raw)}")
-    _reject_unknown(raw, keys, f"{name}.")
+    errors = _unknown(raw, keys, f"{name}.")
     values = {}
     for key_name, key in keys.items():
         value = raw.get(key_name)
         if value is None:
             if key.required:
-                raise ConfigError(f"{name}.{key_name}", "required key is missing")
+                errors.append(ConfigError(f"{name}.{key_name}", "required key is missing"))
             continue
         try:
             values[key_name] = key.parse(value)
         except check.Expected as e:
-            raise ConfigError(
-                f"{name}.{key_name}", f"expected {e}, got {_show(value, key.secret)}"
-            ) from None
+            errors.append(ConfigError(f"{name}.{key_name}", f"expected {e}, got {_show(value, key.secret)}"))
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     return values
 
 
-def _reject_unknown(raw: dict[Any, Any], known: dict[str, Any], prefix: str) -> None:
+def _unknown(raw: dict[Any, Any], known: dict[str, Any], prefix: str) -> list[ConfigError]:
+    """One error per key that is not one of ``known``, with the likely one it meant."""
+    errors = []
     for name in raw:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"known keys: {', '.join(known)}"
             if close:
                 hint = f"did you mean '{prefix}{close[0]}'?"
-            raise ConfigError(f"{prefix}{name}", f"unknown key ({hint})")
+            errors.append(ConfigError(f"{prefix}{name}", f"unknown key ({hint})"))
+    return errors
 
 
 def _upstream(values: dict[str, Any], context: _Context) -> UpstreamConfig:

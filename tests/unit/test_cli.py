@@ -49,11 +49,25 @@ def restore_logging() -> Iterator[None]:
 
 def test_check_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("upstream: {jid: alice@example.org, password: x, port: abc}\n")
+    path.write_text("upstream: {jid: alice@example.org, password: x, port: abc}\ndownstream: {password: y}\n")
     result = bouncer_command("check-config", "-c", str(path))
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == "bouncer: upstream.port: expected an integer, got 'abc'\n"
+
+
+def test_check_config_reports_every_mistake_in_one_run(tmp_path: Path) -> None:
+    """Issue 13: a missing upstream.jid, a listen.port that is no port and a misspelt
+    section are three lines, not the first alone."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("upstream: {password: x}\nlisten: {port: x}\ndownstream: {password: y}\nmucc: {}\n")
+    result = bouncer_command("check-config", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "bouncer: mucc: unknown key (did you mean 'muc'?)",
+        "bouncer: upstream.jid: required key is missing",
+        "bouncer: listen.port: expected an integer, got 'x'",
+    ]
 
 
 def test_run_with_a_broken_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -105,7 +119,7 @@ def test_config_defaults_to_bouncer_yaml_in_the_cwd(
 @pytest.mark.parametrize(
     ("content", "line"),
     [
-        ("upstream: {jid: alice}\n", "bouncer: upstream.jid: expected a JID"),
+        ("upstream: {jid: alice, password: x}\ndownstream: {password: y}\n", "bouncer: upstream.jid: expected a JID"),
         (VALID + "log: {level: loud}\n", "bouncer: {path}: invalid YAML at line 4, column 1: duplicate key 'log'"),
         (VALID.replace("format: json", "format: json, colour: true"), "bouncer: log.colour: unknown key"),
     ],
