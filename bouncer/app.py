@@ -22,7 +22,7 @@ import structlog
 from bouncer import __version__
 from bouncer.account import handover
 from bouncer.account.owner import Account, build_account
-from bouncer.core.events import Reconfigure, Shutdown, Tick, UpstreamEvent, UpstreamUp
+from bouncer.core.events import Operate, Reconfigure, Shutdown, Tick, UpstreamEvent, UpstreamUp
 from bouncer.storage.archive import SqliteArchive
 from bouncer.storage.mailbox import SqliteMailbox
 from bouncer.xmpp import jid
@@ -106,6 +106,7 @@ class Service:
         self._tls = self._tls_context(config)
 
         self.account = build_account(config, SqliteArchive(self.db), SqliteMailbox(self.db), GroupCommit(self.db))
+        self.account.process_status = self._with_process
         self.restart_state = RestartState(self.db)
         self._take_sessions()
         self.link = _upstream_link(config, self._on_upstream, self._take_handover())
@@ -364,17 +365,28 @@ class Service:
 
     # ---- control socket ------------------------------------------------------------------
     def _control(self, request: dict) -> dict:
-        if request.get("command") != "status":
-            return {"ok": False, "error": f"unknown command {request.get('command')!r}"}
-        return {"ok": True, "status": self.status()}
+        """``status`` answers with the status dict (``bouncer status --json``); every other
+        command is the account's (``bouncer rooms``, ``leave ROOM``...) and answers lines."""
+        if request.get("command") == "status":
+            return {"ok": True, "status": self.status()}
+        if self.account is None:
+            return {"ok": False, "error": "the bouncer is starting"}
+        told: dict = {}
+        argument = request.get("argument")
+        self.account.handle(Operate(str(request["command"]), argument if isinstance(argument, str) else "",
+                                    lambda lines, failed: told.update(lines=list(lines), failed=failed)))
+        if "lines" not in told:
+            return {"ok": False, "error": "internal error (see the bouncer's log)"}
+        return {"ok": not told["failed"], "lines": told["lines"], "error": "\n".join(told["lines"])}
 
     def status(self) -> dict:
         """Account.status() plus what only the process knows (JSON-ready)."""
         if self.account is None:
-            status: dict = {"account": self.account_jid, "upstream": {"connected": False},
-                            "sessions": [], "rooms": [], "stored": 0}
-        else:
-            status = self.account.status()
+            return self._with_process({"account": self.account_jid, "upstream": {"connected": False},
+                                       "sessions": [], "rooms": [], "stored": 0})
+        return self.account.full_status()
+
+    def _with_process(self, status: dict) -> dict:
         link = self.link
         upstream = status.setdefault("upstream", {})
         if link is not None:

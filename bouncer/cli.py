@@ -13,7 +13,8 @@ import sys
 
 import structlog
 
-from bouncer import control
+from bouncer import control, report
+from bouncer.account import commands as account_commands
 from bouncer.config import ConfigError, load_config
 from bouncer.credentials import hash_password
 from bouncer.log import configure_logging
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(command=command)
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print the status as JSON")
+    for tree_command in account_commands.COMMANDS:  # the running bouncer's own, as its ad-hoc commands
+        if tree_command.name == "status":
+            continue
+        sub = commands.add_parser(tree_command.name, help=tree_command.title.lower(), description=tree_command.title)
+        sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                         help=f"config file (default: ./{DEFAULT_CONFIG})")
+        if tree_command.argument:
+            sub.add_argument("argument", metavar=tree_command.argument.split(" ")[0].upper(), help=tree_command.argument)
+        sub.set_defaults(command=_operate, name=tree_command.name)
     summary = "print a stored credential for downstream.password_hash"
     sub = commands.add_parser("hash-password", help=summary, description=summary)
     sub.set_defaults(command=_hash_password)
@@ -103,7 +113,20 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
     else:
-        print(control.format_status(status))
+        print(report.format_status(status))
+    return 0
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """A command of the running bouncer's command tree (``bouncer leave ROOM``)."""
+    path = control.socket_path(control.storage_path_of(args.config))
+    try:
+        response = control.request(path, args.name, getattr(args, "argument", None))
+    except control.NotRunning as e:
+        return _fail(f"no bouncer is running for {args.config}: {e}")
+    if not response.get("ok"):
+        return _fail(str(response.get("error")))
+    print("\n".join(response.get("lines") or []))
     return 0
 
 

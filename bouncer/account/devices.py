@@ -63,6 +63,14 @@ class DeviceBook:
         if device is not None:
             self._save(Device(resource, device.cursor, now))
 
+    def forget(self, resource: str) -> bool:
+        """Forget a device now (its owner said so): nothing is kept for it any more."""
+        if self.known.pop(resource, None) is None:
+            return False
+        log.info("device forgotten", device=resource, by="command")
+        self.mailbox.forget_device(resource)
+        return True
+
     def backlog(self, resource: str) -> int:
         device = self.known.get(resource)
         return 0 if device is None else self.mailbox.count(device.cursor)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bouncer.account import resumption, saved_sessions
+from bouncer.account import commands, resumption, saved_sessions
 from bouncer.account.delivery import CATCHUP_MARK, Delivery
 from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.resumption import HibernationLimits
@@ -29,7 +29,7 @@ from bouncer.core.effects import (
     ResumeFailed, ToUpstream,
 )
 from bouncer.core.events import (
-    Event, Reconfigure, SessionAcked, SessionBind, SessionClosed, SessionNonza, SessionResume, SessionSmEnabled,
+    Event, Operate, Reconfigure, SessionAcked, SessionBind, SessionClosed, SessionNonza, SessionResume, SessionSmEnabled,
     SessionStanza, Shutdown, Tick,
     UpstreamDown, UpstreamReadHandled, UpstreamStanza, UpstreamUp,
 )
@@ -55,6 +55,8 @@ class Account:
     retention: Retention = field(default_factory=lambda: retention(SessionsConfig()))
     hibernation: HibernationLimits = field(default_factory=lambda: hibernation(SessionsConfig()))
     clock: Callable[[], float] = time.time  # wall clock: it stamps archived and stored stanzas
+    # Adds what only the process knows (the upstream link, the listeners) to ``status()``.
+    process_status: Callable[[dict], dict] = lambda status: status
     _shutting_down: bool = False
     _pruned_at: float | None = None
     delivery: Delivery = field(init=False)
@@ -79,7 +81,11 @@ class Account:
         match event:
             case SessionStanza(port, element):
                 session = self.router.session_of(port)
-                return [] if session is None else self.router.from_session(session.resource, element, self.clock())
+                if session is None:
+                    return []
+                if element.tag == stanza.IQ and element.get("to") == self.router.account and commands.is_ours(element):
+                    return commands.answer(self, session.resource, element)
+                return self.router.from_session(session.resource, element, self.clock())
             case UpstreamStanza(element):
                 self.transaction.begin()
                 return self.router.from_upstream(element, self.clock())
@@ -109,6 +115,10 @@ class Account:
                 return self._tick(now)
             case Reconfigure(config):
                 return self._reconfigure(config)
+            case Operate(name, argument, answer):
+                outcome = commands.run(self, name, argument)
+                answer(outcome.lines, outcome.failed)
+                return list(outcome.effects)
             case Shutdown():
                 # Resumable sessions were saved for the next process: cut, they resume there.
                 self._shutting_down = True
@@ -190,6 +200,10 @@ class Account:
             "stored": self.devices.mailbox.count(),
         }
 
+    def full_status(self) -> dict:
+        """``status()`` with what the process adds: what the status command shows."""
+        return self.process_status(self.status())
+
     # ---- the executor ----------------------------------------------------------------
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -258,6 +272,7 @@ def router_settings(config: Config) -> RouterSettings:
         idle_status=config.presence.idle_status,
         iq_timeout=config.limits.iq_timeout,
         upstream_queue=config.limits.upstream_queue,
+        commands=commands.LISTED,
     )
 
 

@@ -22,7 +22,7 @@ from bouncer.core.effects import Bound, CloseSession, Deliver, Effect, FlushHeld
 from bouncer.core.ports import SessionPort
 from bouncer.muc import mam
 from bouncer.muc.routing import MucRouter
-from bouncer.xmpp import bookmarks, caps, carbons, ids, jid, local_iq, ns, presence, stanza
+from bouncer.xmpp import adhoc, bookmarks, caps, carbons, ids, jid, local_iq, ns, presence, stanza
 from bouncer.xmpp.ns import q
 from bouncer.xmpp.sm import StreamManagement
 
@@ -58,6 +58,7 @@ class RouterSettings:
     idle_status: str | None = None
     iq_timeout: float = 60.0
     upstream_queue: int = 1000
+    commands: tuple[tuple[str, str], ...] = ()  # the bouncer's ad-hoc commands: (node, name)
 
 
 @dataclass
@@ -206,7 +207,7 @@ class Router:
         if to is not None:
             self.peers[jid.bare(to)] = session.resource
         stored = bookmarks.from_private_set(el) if to is None or to == self.account else None
-        actions = [] if stored is None else self.muc.bookmarks_changed(stored, self._nick())
+        actions = [] if stored is None else self.muc.bookmarks_changed(stored, self.nick())
         return actions + self._session_iq_onwards(session, el, to, now)
 
     def _session_iq_onwards(self, session: Session, el: Element, to: str | None, now: float) -> list[Effect]:
@@ -216,6 +217,7 @@ class Router:
             return self._room_iq(session, el, now)
         server = to is None or jid.bare(to) in (self.account, jid.domain(self.account))
         augment = "server" if server and local_iq.is_disco_info_get(el) else None
+        augment = "commands" if to == self.account and adhoc.is_listing(el) else augment
         return [ToUpstream(self.iqs.outbound(stanza.without_from(el), session.resource, now, augment=augment))]
 
     def _room_iq(self, session: Session, el: Element, now: float) -> list[Effect]:
@@ -259,7 +261,9 @@ class Router:
                 return []  # the bouncer's own IQ, or its session is gone
             if entry.fallback is not None and el.get("type") == "error":
                 return [Deliver((entry.resource,), a) for a in self.muc.mam_answer(entry.fallback)]
-            if entry.augment == "server" and el.get("type") == "result":
+            if entry.augment == "commands":
+                el = self._with_commands(el)
+            elif entry.augment == "server" and el.get("type") == "result":
                 local_iq.augment_disco(el)
             elif entry.augment == "room" and el.get("type") == "result":
                 self.muc.room_features(el)
@@ -273,6 +277,9 @@ class Router:
             return actions + ([Deliver(tuple(self.sessions), push)] if self.sessions else [])
         answer = self.caps.answer(el)
         answer = answer if answer is not None else local_iq.answer(el)
+        command = adhoc.request(el)
+        if command is not None and command.node in dict(self.settings.commands):
+            answer = stanza.error_reply(el, "forbidden", "only the account's own sessions")
         if answer is not None:
             return [ToUpstream(answer)]
         target = self._iq_target(el)
@@ -280,9 +287,15 @@ class Router:
             return [ToUpstream(stanza.error_reply(el, "service-unavailable"))]
         return [Deliver((target,), el)]
 
+    def _with_commands(self, answer: Element) -> Element:
+        """The account's command list: the server's (when it has one) and the bouncer's."""
+        if answer.get("type") == "error":
+            answer = stanza.make("iq", type="result", id=answer.get("id"), to=answer.get("to"), from_=answer.get("from"))
+        return adhoc.add_items(answer, self.account, list(self.settings.commands))
+
     def _own_answer(self, el: Element, now: float) -> list[Effect]:
         """An answer to an IQ the account sent itself: catch-up pages, bookmarks, rooms."""
-        for decided in (self.catchup.answer(el), self.muc.bookmarks_read(el, self._nick())):
+        for decided in (self.catchup.answer(el), self.muc.bookmarks_read(el, self.nick())):
             if decided is not None:
                 return decided
         return self.muc.own_answer(el, now) or []
@@ -312,7 +325,7 @@ class Router:
         """A PEP notification (XEP-0163) goes to the sessions whose client asked for its node;
         the account's own bookmarks also drive its rooms (SPEC §8)."""
         change = bookmarks.from_event(el) if _from_account_or_server(el, self.account) else None
-        actions = [] if change is None else self.muc.bookmarks_changed(change, self._nick())
+        actions = [] if change is None else self.muc.bookmarks_changed(change, self.nick())
         targets = tuple(r for r, s in self.sessions.items() if s.presence is not None and self.caps.wants(s.presence, node))
         return actions + ([Deliver(targets, el)] if targets else [])
 
@@ -432,7 +445,7 @@ class Router:
         self.sent_presence = wire
         return [ToUpstream(agg)]
 
-    def _nick(self) -> str:
+    def nick(self) -> str:
         """The account's nick in a room no session chose one for."""
         return jid.localpart(self.account) or self.account
 

@@ -8,6 +8,7 @@ events is the model. Frozen dataclasses, so that ``match`` can destructure them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,6 +127,16 @@ class Reconfigure:
 
 
 @dataclass(frozen=True)
+class Operate:
+    """A command from the control socket (``bouncer leave ROOM``); ``answer`` gets its
+    outcome's lines and whether it failed."""
+
+    command: str
+    argument: str
+    answer: Callable[[tuple[str, ...], bool], None]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """The process ends: sessions are told so, and their going changes nothing upstream."""
 
@@ -133,5 +144,5 @@ class Shutdown:
 Event = (
     SessionBind | SessionStanza | SessionNonza | SessionSmEnabled | SessionResume | SessionAcked | SessionClosed
     | UpstreamEvent
-    | Tick | Reconfigure | Shutdown
+    | Tick | Reconfigure | Operate | Shutdown
 )

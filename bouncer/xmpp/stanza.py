@@ -29,6 +29,7 @@ _NSMAP = {None: ns.CLIENT}
 _ERROR_TYPES = {
     "bad-request": "modify",
     "feature-not-implemented": "cancel",
+    "forbidden": "auth",
     "item-not-found": "cancel",
     "not-acceptable": "modify",
     "not-allowed": "cancel",

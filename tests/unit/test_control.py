@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bouncer import control
+from bouncer import control, report
 from bouncer.cli import main
 from bouncer.config import ConfigError
 
@@ -155,7 +155,7 @@ STATUS = {
 
 
 def test_format_status() -> None:
-    text = control.format_status(STATUS, now=1_003_600.0)
+    text = report.format_status(STATUS, now=1_003_600.0)
     lines = text.splitlines()
     assert lines[0] == "bouncer 0.1.0 for alice@example.org, pid 42, up 1h 16m"
     assert lines[1:3] == ["  config: /etc/bouncer/bouncer.yaml", "  listening: 127.0.0.1:5222"]
@@ -179,7 +179,7 @@ def test_format_status_while_connecting() -> None:
     status = {"account": "a@b", "upstream": {"connected": False, "attempt": 3, "failures": 2,
                                              "last_error": "ConnectionRefusedError: refused"},
               "sessions": [], "rooms": []}
-    assert control.format_status(status).splitlines() == [
+    assert report.format_status(status).splitlines() == [
         "upstream: connecting (attempt 3), last error: ConnectionRefusedError: refused",
         "sessions: 0",
         "rooms: 0",
