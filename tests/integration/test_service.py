@@ -27,7 +27,7 @@ import pytest
 
 from bouncer.tls import ensure_certificate, fingerprint
 from integration_setup import make_setup
-from support.bouncer import REPO
+from support.bouncer import REPO, bouncer_cli
 from support.clients import body_is, close, connect
 from support.muc import create_room, groupchat, join, send_groupchat
 from support.prosody import free_port
@@ -100,17 +100,6 @@ def is_ready(m: dict) -> bool:
 
 def status_has(text: str):
     return lambda m: text in m.get("STATUS", "")
-
-
-async def bouncer_cli(*args: str) -> tuple[int, str, str]:
-    """``python -m bouncer ARGS`` as a user runs it, without blocking the clients' loop."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_DIRECTORY", "NOTIFY_SOCKET")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bouncer", *args, env={**env, "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
 
 
 def control_socket(s) -> Path:

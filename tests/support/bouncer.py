@@ -6,6 +6,7 @@ established", "session bound") instead of sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -158,3 +159,14 @@ def kill_leftovers() -> None:
 
 def _matches(entry: dict, event: str, fields: dict) -> bool:
     return entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items())
+
+
+async def bouncer_cli(*args: str) -> tuple[int, str, str]:
+    """``python -m bouncer ARGS`` as a user runs it, without blocking the clients' loop."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_DIRECTORY", "NOTIFY_SOCKET")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bouncer", *args, env={**env, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
