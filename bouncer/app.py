@@ -19,7 +19,7 @@ import time
 
 import structlog
 
-from bouncer import __version__
+from bouncer import __version__, metrics
 from bouncer.account import handover
 from bouncer.account.owner import Account, build_account
 from bouncer.core.events import Operate, Reconfigure, Shutdown, Tick, UpstreamEvent, UpstreamUp
@@ -73,6 +73,8 @@ class Service:
         self._cert: tuple[str, str] | None = None  # (path, sha256) last logged
         self._status_sent: str | None = None
         self._tasks: list[asyncio.Task] = []
+        self._metrics: asyncio.base_events.Server | None = None
+        self._gauges: metrics.AccountCollector | None = None
 
     # ---- lifetime ----------------------------------------------------------------
     async def run(self) -> None:
@@ -125,6 +127,8 @@ class Service:
                                    f"{e.strerror or e}") from None
             self.listening.append(f"{config.listen.address}:{bound}" + (" (direct TLS)" if direct else ""))
 
+        if config.metrics.listen is not None:
+            await self._serve_metrics(*config.metrics.listen)
         await self.link.start()
         self._tasks.append(asyncio.create_task(self._tick()))
         if self.notifier.enabled:
@@ -141,6 +145,9 @@ class Service:
         if not quiet:
             log.info("shutting down", sessions=len(self.account.router.sessions) if self.account else 0)
         await self.control.close()
+        if self._metrics is not None:
+            self._metrics.close()
+            metrics.REGISTRY.unregister(self._gauges)
         listener = self.listener
         if listener is not None:
             for server in listener.servers:
@@ -362,6 +369,18 @@ class Service:
     def _switch_context(self, ssl_object, _server_name, context) -> None:
         if self._tls is not None and context is not self._tls:
             ssl_object.context = self._tls
+
+    async def _serve_metrics(self, address: str, port: int) -> None:
+        try:
+            self._metrics = await metrics.serve(address, port)
+        except OSError as e:
+            raise StartupError(f"cannot listen on {address}:{port} for metrics.listen: {e.strerror or e}") from None
+        self._gauges = metrics.watch(self._gauge_values)
+
+    def _gauge_values(self) -> dict[str, tuple[str, float]]:
+        connected = self.link is not None and self.link.connected
+        values = {"upstream_connected": ("1 while the upstream session is up", float(connected))}
+        return values | (self.account.gauges() if self.account is not None else {})
 
     # ---- control socket ------------------------------------------------------------------
     def _control(self, request: dict) -> dict:

@@ -149,6 +149,13 @@ class SessionsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (SPEC §10): off unless ``listen`` is set; a bare port is on loopback."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Output format (auto: console on a TTY, else JSON lines) and level."""
 
@@ -169,6 +176,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     muc: MucConfig = field(default_factory=MucConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Accepted but unwise settings, for the caller to log.
     warnings: tuple[str, ...] = ()
@@ -423,6 +431,7 @@ _SECTIONS: dict[str, _Section] = {
         "backlog_max_age": _Key(check.positive_number),
         "forget_after": _Key(check.positive_number),
     }, _defaults_apply(SessionsConfig)),
+    "metrics": _Section({"listen": _Key(check.listen_address)}, _defaults_apply(MetricsConfig)),
     "log": _Section({
         "format": _Key(check.choice(LogFormat)),
         "level": _Key(check.choice(LogLevel)),

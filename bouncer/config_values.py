@@ -74,6 +74,20 @@ def account_jid(value: Any) -> str:
 PORT = integer(1, 65535)
 
 
+def listen_address(value: Any) -> tuple[str, int]:
+    """A port (on loopback), or ``address:port`` (``[v6]:port``)."""
+    wanted = "a port, or address:port"
+    if type(value) is int:
+        return "127.0.0.1", PORT(value)
+    if not isinstance(value, str) or ":" not in value:
+        raise Expected(wanted)
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Expected(wanted)
+    return host, int(port)
+
+
 def is_loopback(host: str | None) -> bool:
     """Whether ``host`` names this machine (where plain TCP is tolerated)."""
     if host is None:

@@ -20,6 +20,7 @@ from lxml import etree
 from bouncer.account.devices import DeviceBook
 from bouncer.account.mam_catchup import account_stanza_id
 from bouncer.account.router import Router, Session
+from bouncer import metrics
 from bouncer.xmpp import csi, jid, stanza, wire
 from bouncer.xmpp.sm import MOD
 from bouncer.xmpp.wire import Prepared
@@ -52,6 +53,8 @@ class Delivery:
         sessions = [s for s in map(self.router.sessions.get, resources) if s is not None and s.port.jid]
         if not sessions:
             return
+        if isinstance(el, etree._Element) and el.get("type") == "groupchat" and el.tag == stanza.MESSAGE:
+            metrics.FANOUT.inc(len(sessions))
         out: bytes | Prepared | None = None  # serialised once, when a session takes it now
         urgent: bool | None = None
         for session in sessions:

@@ -200,6 +200,17 @@ class Account:
             "stored": self.devices.mailbox.count(),
         }
 
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """What the account holds now, for Prometheus: name -> (help, value)."""
+        rooms = self.muc.rooms
+        return {
+            "sessions": ("Sessions bound, hibernating ones included", len(self.router.sessions)),
+            "devices": ("Devices the bouncer keeps a backlog for", len(self.devices.known)),
+            "rooms_held": ("Rooms the account holds", len(rooms)),
+            "archive_messages": ("Messages in the room archive", sum(self.muc.state.archive.count(r) for r in rooms)),
+            "stored_stanzas": ("Stanzas kept in the mailbox for devices", self.devices.mailbox.count()),
+        }
+
     def full_status(self) -> dict:
         """``status()`` with what the process adds: what the status command shows."""
         return self.process_status(self.status())

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 from lxml import etree
 
-from bouncer import memory
+from bouncer import memory, metrics
 from bouncer.c2s import stream as core
 from bouncer.c2s.admission import Admission
 from bouncer.c2s.outbox import Outbox
@@ -83,6 +83,7 @@ class Connection:
         self._pinged_at: float | None = None  # our idle ping in flight
         self._idle: asyncio.TimerHandle | None = None
         self._dropped = False  # cut for being too slow: its read loop ends next
+        self._error_counted = False  # a stream error this connection sent is counted once
 
     @property
     def jid(self) -> str | None:
@@ -112,12 +113,12 @@ class Connection:
         self._flush()
 
     def send_serialized(self, wire: bytes) -> None:
-        self.stream.send_serialized(wire)
-        self._flush()
+        self.send_series([wire])
 
     def send_series(self, wires: list[bytes]) -> None:
         for wire in wires:
             self.stream.send_serialized(wire)  # each one a stanza (XEP-0198 counts them)
+        metrics.DOWNSTREAM_OUT.inc(len(wires))
         self._flush()
 
     def after_flush(self, callback: Callable[[], None]) -> None:
@@ -130,6 +131,9 @@ class Connection:
         self._writer.transport.abort()
 
     def stream_error(self, condition: str, text: str | None = None) -> None:
+        if self.stream.phase is not core.NegotiationPhase.CLOSED:
+            metrics.STREAM_ERRORS.labels(condition).inc()
+            self._error_counted = True
         self.stream.stream_error(condition, text)
         self._flush()
         self._enqueue(_CLOSE)
@@ -156,6 +160,7 @@ class Connection:
                 self.log.warning("session queue full, closing", queued=self._outbox.waiting,
                                  queued_bytes=self._outbox.waiting_bytes)
                 self._dropped = True
+                metrics.OUTBOX_CLOSES.inc()
                 self._writer.transport.abort()
                 return
             self._outbox.put_bytes(item)
@@ -208,12 +213,14 @@ class Connection:
                 self._logged_in_or_gone()
                 self.log.info("authenticated", user=username)
             case core.AuthFailed(username, reason):
+                metrics.LOGIN_FAILURES.inc()
                 delay = self._throttle.failed(self._host(), time.monotonic())
                 self.log.warning("authentication failed", user=username, reason=reason, delay=delay)
                 await asyncio.sleep(delay)
             case core.BindRequested(requested):
                 self._to_account(SessionBind(self, requested))
             case core.StanzaReceived(element):
+                metrics.DOWNSTREAM_IN.inc()
                 self._to_account(SessionStanza(self, element))
             case core.NonzaReceived(element):
                 self._to_account(SessionNonza(self, element))
@@ -227,6 +234,8 @@ class Connection:
             case core.Closed(error):
                 if error:
                     self.log.info("stream error sent", condition=error)
+                    if not self._error_counted:  # the stream's own, on bad input
+                        metrics.STREAM_ERRORS.labels(error).inc()
                 self._flush()
                 return True
         return False

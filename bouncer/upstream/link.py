@@ -30,6 +30,7 @@ from bouncer.upstream import connect
 from bouncer.core.events import UpstreamDown, UpstreamEvent, UpstreamReadHandled, UpstreamStanza, UpstreamUp
 from bouncer.upstream.events import Ended, Established, StanzaReceived, TlsRequired
 from bouncer.upstream.stream import ClientSettings, ClientStream, Outgoing, UpstreamPhase
+from bouncer import metrics
 from bouncer.xmpp import jid, sm, stanza
 
 _log = structlog.get_logger("bouncer.upstream")
@@ -147,6 +148,7 @@ class UpstreamLink:
         if not self.connected or stream is None or stream.phase is not UpstreamPhase.OPEN:
             return False
         stream.send_stanza(element)
+        metrics.UPSTREAM_OUT.inc()
         if self._flush_soon is None:  # one write (and one <r/>) per burst
             self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
         return True
@@ -269,6 +271,7 @@ class UpstreamLink:
             match event:
                 case StanzaReceived(element):
                     if self.connected:
+                        metrics.UPSTREAM_IN.inc()
                         self._emit(UpstreamStanza(element))
                 case Established(bound, resumed):
                     self._up(bound, resumed)
@@ -345,6 +348,7 @@ class UpstreamLink:
         loop = asyncio.get_running_loop()
         if self.jid is not None:
             self.reconnects += 1
+            metrics.RECONNECTS.inc()
         self.connected, self.jid, self.failures = True, bound, 0
         self._up_since = loop.time()
         self.connected_since = time.time()

@@ -433,3 +433,35 @@ class SmClient(RawClient):
         bytes_acked, bytes_received = struct.unpack_from("=QQ", info, 120)
         (segs_in,) = struct.unpack_from("=I", info, 140)
         return bytes_received, bytes_acked, segs_in
+
+
+async def raw(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to the listener from ``source`` (any 127/8 address is ours)."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def plain_login(s, password: str, *, bind: bool = False):
+    """STARTTLS, then SASL PLAIN for the account: (accepted?, seconds until the answer),
+    and with ``bind`` the bound stream's (reader, writer) too, left open."""
+    reader, writer = await raw(s.port)
+    header = (f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+              f"xmlns:stream='http://etherx.jabber.org/streams' to='{s.server.domain}' version='1.0'>").encode()
+    writer.write(header + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await reader.readuntil(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await writer.start_tls(client_ssl_context())
+    writer.write(header)
+    await reader.readuntil(b"</stream:features>")
+    user = s.alice.split("@")[0]
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    started = time.monotonic()
+    writer.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
+    answer = await reader.readuntil(b">")
+    elapsed = time.monotonic() - started
+    if not bind:
+        writer.close()
+        return answer.startswith(b"<success"), elapsed
+    await reader.readuntil(b"</success>")
+    writer.write(header + b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                          b"<resource>silent</resource></bind></iq>")
+    await reader.readuntil(b"</iq>")
+    return reader, writer
