@@ -108,6 +108,8 @@ def leave_room(state: MucState, room_jid: str) -> list[Effect]:
     if room is None:
         return []
     gone = stanza.make("presence", type="unavailable", to=room.occupant_jid)
+    state.left(room.occupant_jid)
+    state.left(room_jid)  # ejabberd's room ends its own presence (its caps) too
     effects: list[Effect] = [ReleaseRoom(room_jid), ToUpstream(gone)]
     if room.audience() and room.self_presence is not None:
         effects.append(Deliver(room.audience(), replay.leave_presence(room, room.self_presence.get("to", ""))))

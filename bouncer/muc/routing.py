@@ -58,7 +58,7 @@ class MucRouter:
         return jid.bare(to) in self.rooms or is_join(el)
 
     def wants_incoming(self, el: Element) -> bool:
-        return jid.bare(el.get("from", "")) in self.rooms
+        return jid.bare(el.get("from", "")) in self.rooms or el.get("from", "") in self.state.leaving
 
     def holds(self, room_jid: str) -> bool:
         return jid.bare(room_jid) in self.rooms
@@ -115,7 +115,12 @@ class MucRouter:
 
     # ---- from the room -----------------------------------------------------------
     def from_upstream(self, el: Element, now: float) -> list[Effect] | None:
-        room = self.rooms[jid.bare(el.get("from", ""))]
+        if el.get("from", "") in self.state.leaving and el.tag == stanza.PRESENCE and el.get("type") == "unavailable":
+            del self.state.leaving[el.get("from", "")]
+            return []  # the room confirms the account's leave; its sessions were told already
+        room = self.rooms.get(jid.bare(el.get("from", "")))
+        if room is None:
+            return None
         room.heard_at = now
         if el.tag == stanza.PRESENCE:
             return fanout.presence_in(self.state, room, el, now)

@@ -15,6 +15,9 @@ from bouncer.core.ports import RoomArchive
 from bouncer.muc.room import Room
 
 
+LEAVING_KEPT = 64
+
+
 @dataclass(frozen=True)
 class MucSettings:
     history_default: int = 20  # messages on a local join without <history/>
@@ -31,6 +34,15 @@ class MucState:
     archive: RoomArchive
     settings: MucSettings = field(default_factory=MucSettings)
     rooms: dict[str, Room] = field(default_factory=dict)
+    # Occupant JIDs the account left, and those rooms (SPEC §6.3): the rooms' answers to
+    # the leave are the account's own business, not its sessions'. Bounded: an answer
+    # may never come.
+    leaving: dict[str, None] = field(default_factory=dict)
+
+    def left(self, occupant_jid: str) -> None:
+        self.leaving[occupant_jid] = None
+        while len(self.leaving) > LEAVING_KEPT:
+            del self.leaving[next(iter(self.leaving))]
 
 
 def fan(resources: tuple[str, ...], el: etree._Element) -> list[Effect]:

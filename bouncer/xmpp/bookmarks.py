@@ -73,7 +73,12 @@ def from_result(iq: Element) -> tuple[Bookmark, ...]:
 def from_event(msg: Element) -> Change | None:
     """A PEP notification of either bookmark node; None: not one."""
     event = stanza.find(msg, ns.PUBSUB_EVENT, "event")
-    items = None if event is None else event.find(q(ns.PUBSUB_EVENT, "items"))
+    if event is None:
+        return None
+    purge = event.find(q(ns.PUBSUB_EVENT, "purge"))
+    if purge is not None:  # every bookmark removed at once
+        return Change((), complete=True) if purge.get("node") in (PEP_NODE, STORAGE_NODE) else None
+    items = event.find(q(ns.PUBSUB_EVENT, "items"))
     if items is None:
         return None
     node = items.get("node")

@@ -102,7 +102,11 @@ def node_of(presence: Element) -> str | None:
 
 
 def notified_node(msg: Element) -> str | None:
-    """The node a PEP notification (XEP-0163) is about; None: not one."""
+    """The node a PEP notification (XEP-0163) is about (items published or retracted, or
+    all of them purged); None: not one."""
     event = stanza.find(msg, ns.PUBSUB_EVENT, "event")
-    items = None if event is None else event.find(q(ns.PUBSUB_EVENT, "items"))
-    return None if items is None else items.get("node")
+    for kind in ("items", "purge"):
+        found = None if event is None else event.find(q(ns.PUBSUB_EVENT, kind))
+        if found is not None:
+            return found.get("node")
+    return None

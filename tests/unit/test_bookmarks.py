@@ -237,3 +237,27 @@ def test_a_restart_hands_over_what_clients_can_do_and_the_hashes_announced():
     [described] = up(after.from_upstream(server_asks, 0))
     assert "x+notify" in caps.from_disco(described).features
     assert after.caps.ask("gajim", f"{ACCOUNT}/gajim", client_presence("gajim")) == []  # known already
+
+
+def test_the_rooms_answer_to_the_accounts_leave_reaches_no_session_and_does_not_undo_a_rejoin():
+    r, read_id = started()
+    r.from_upstream(read_answer(read_id, conference(ROOM, True)), 0)
+    joined(r)
+    bind(r, "elsewhere")
+    r.from_session("elsewhere", x(f"<presence from='{ACCOUNT}/elsewhere'/>"), 0)
+    r.from_upstream(notification(conference(ROOM, False)), 0)
+    r.from_upstream(notification(conference(ROOM, True)), 0)  # on again before the room answered
+    answer = x(f"<presence type='unavailable' from='{ROOM}/alice' to='{UP}'><x xmlns='{ns.MUC_USER}'>"
+               "<item affiliation='none' role='none'/><status code='110'/></x></presence>")
+    assert r.from_upstream(answer, 0) == []  # neither delivered nor taken for the room dropping the account
+    assert r.muc.holds(ROOM)
+
+
+def test_a_purge_of_the_bookmarks_leaves_every_autojoin_room():
+    r, read_id = started()
+    r.from_upstream(read_answer(read_id, conference(ROOM, True)), 0)
+    joined(r)
+    purge = x(f"<message from='{ACCOUNT}' to='{UP}' type='headline'><event xmlns='{ns.PUBSUB_EVENT}'>"
+              f"<purge node='{ns.BOOKMARKS}'/></event></message>")
+    [gone] = up(r.from_upstream(purge, 0))
+    assert gone.get("type") == "unavailable" and not r.muc.holds(ROOM)

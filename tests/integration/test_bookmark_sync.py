@@ -60,6 +60,7 @@ async def account_and_room(server, tmp_path):
 async def test_a_bookmark_set_elsewhere_joins_and_leaves_the_account(server, tmp_path):
     s, carol, room, direct = await account_and_room(server, tmp_path)
     phone = await connect(f"{s.alice}/phone", s.password, s.port)
+    laptop = await connect(f"{s.alice}/laptop", s.password, s.port)  # never in the room
     await set_bookmark(direct, room, autojoin=True, nick="alicebm")
     await carol.wait_for(from_occupant(room, "alicebm"))  # the account joined, with the bookmark's nick
     await phone.wait_for(notified(room))  # the session sees the bookmark
@@ -74,7 +75,10 @@ async def test_a_bookmark_set_elsewhere_joins_and_leaves_the_account(server, tmp
     seen = [el.get("type") for el in carol.received if el.tag == "{jabber:client}presence" and el.get("from") == f"{room}/alicebm"]
     assert seen == [None, "unavailable"]  # carol saw alice join once, and leave once
     assert s.bouncer.count("room joined upstream", room=room) == 1  # the phone's join was local
-    await close(phone, direct, carol)
+    # the phone saw its leave once, and the room's answer to the account reached nobody
+    assert len(phone.matching(lambda el: el.get("from") == f"{room}/alicebm" and el.get("type") == "unavailable")) == 1
+    assert not laptop.matching(lambda el: el.get("from", "").startswith(room)), [etree.tostring(e) for e in laptop.received if e.get("from", "").startswith(room)]
+    await close(phone, laptop, direct, carol)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
 
 
