@@ -437,3 +437,32 @@ async def test_messages_missed_while_the_bouncer_was_down_are_caught_up_from_roo
     assert bodies == ["before the crash"] + [f"missed {i}" for i in range(30)]
     await close(a, carol)
     assert s.bouncer.stop() == 0
+
+
+async def test_a_room_server_restarting_is_asked_again_not_rejoined(prosody_factory, tmp_path):
+    """Issue 12, 4 (the lesson of mod_ping_muc): while the room's server is down, the
+    account's self-ping gets remote-server-not-found; that proves nothing, so it is asked
+    again after muc.recheck_delay, and once the room answers, nothing was rejoined."""
+    server = prosody_factory(admin_shell=True)
+    server.start()
+    s, carol, room, a = await bouncer_and_room(server, tmp_path, "outage",
+                                               muc={"self_ping_after": 1, "recheck_delay": 1})
+    await join(a, room, "alice")
+    await asyncio.to_thread(s.bouncer.wait_event, "room still joined", room=room)
+    with server.muc_outage("remote-server-not-found"):
+        await asyncio.to_thread(s.bouncer.wait_event, "room check inconclusive, asking again",
+                                room=room, why="remote-server-not-found")
+    checked = s.bouncer.count("room still joined", room=room)
+    await asyncio.to_thread(s.bouncer.wait_event, "room still joined", room=room, after=checked)
+    send_groupchat(carol, room, "after the outage")
+    await a.wait_for(groupchat(room, "after the outage"))
+    assert s.bouncer.count("room joined upstream", room=room) == 1
+    assert s.bouncer.count("room dropped the account, rejoining") == 0
+    assert presences_of_alice(carol, room) == [None]  # carol saw alice join once, and nothing since
+    await close(carol, a)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+def presences_of_alice(client, room: str) -> list[str | None]:
+    return [el.get("type") for el in client.received
+            if el.tag == "{jabber:client}presence" and el.get("from") == f"{room}/alice"]

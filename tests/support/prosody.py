@@ -15,6 +15,7 @@ ACK adds ~40 ms stalls after STARTTLS).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -116,8 +117,9 @@ class Prosody(ThrowawayServer):
     muc_domain = MUC_DOMAIN
 
     def __init__(self, base_dir: str | os.PathLike | None = None, *, log_level: str = "info",
-                 without: tuple[str, ...] = ()):
-        """``without``: modules loaded by default to disable too (e.g. ``("offline",)``)."""
+                 without: tuple[str, ...] = (), admin_shell: bool = False):
+        """``without``: modules loaded by default to disable too (e.g. ``("offline",)``);
+        ``admin_shell``: load mod_admin_shell, for :meth:`shell` (and :meth:`muc_outage`)."""
         self.dir = Path(tempfile.mkdtemp(prefix="prosody-", dir=base_dir))
         self.datadir = self.dir / "data"
         self.log_path = self.dir / "prosody.log"
@@ -133,6 +135,7 @@ class Prosody(ThrowawayServer):
             self.direct_tls_port = free_port()
         self.log_level = log_level  # "debug" logs every stanza: for diagnosis
         self.without = without
+        self.modules = (*MODULES, "admin_shell") if admin_shell else MODULES
         self._proc: subprocess.Popen | None = None
         self._names = itertools.count(1)
         self._make_cert()
@@ -164,12 +167,43 @@ class Prosody(ThrowawayServer):
                 direct_tls_port=self.direct_tls_port,
                 cert=self.cert_path,
                 key=self.key_path,
-                modules="; ".join(f'"{m}"' for m in MODULES),
+                modules="; ".join(f'"{m}"' for m in self.modules),
                 disabled="; ".join(f'"{m}"' for m in ("s2s", *self.without)),
                 domain=DOMAIN,
                 muc_domain=MUC_DOMAIN,
             )
         )
+
+    # -- the running server's shell (with ``admin_shell``) ------------------------
+
+    def shell(self, command: str) -> str:
+        """Run one ``prosodyctl shell`` command in the running server; its output."""
+        done = subprocess.run(["prosodyctl", "--config", str(self.config_path), "shell", command],
+                              capture_output=True, text=True, timeout=30)
+        out = (done.stdout + done.stderr).strip()
+        if done.returncode != 0 or "Result: false" in out or "rror" in out:
+            raise RuntimeError(f"prosodyctl shell {command!r} failed: {out}")
+        return out
+
+    @contextlib.contextmanager
+    def muc_outage(self, condition: str = "remote-server-not-found"):
+        """The MUC component is down while inside (c2s untouched), and stanzas to it get
+        ``condition``, as they would from a room server that is restarting behind s2s (this
+        server has no s2s, so a hook answers with that error instead of not-allowed).
+        Deactivating the component saves every live room with its occupants; activating
+        it restores them when the next stanza reaches the room."""
+        kind = "wait" if condition.endswith("timeout") else "cancel"
+        self.shell(f">local st=require'util.stanza'; local h=prosody.hosts['{DOMAIN}']; "
+                   f"h.muc_outage=function(e) if e.to_host~='{MUC_DOMAIN}' then return end "
+                   "local t=e.stanza.attr.type; if t~='error' and t~='result' then "
+                   f"e.origin.send(st.error_reply(e.stanza,'{kind}','{condition}')) end return true end; "
+                   "h.events.add_handler('route/remote', h.muc_outage, 1000)")
+        self.shell(f"host:deactivate('{MUC_DOMAIN}')")
+        try:
+            yield
+        finally:
+            self.shell(f"host:activate('{MUC_DOMAIN}')")
+            self.shell(f">local h=prosody.hosts['{DOMAIN}']; h.events.remove_handler('route/remote', h.muc_outage)")
 
     # -- accounts -------------------------------------------------------------
 
