@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 
 import structlog
 
-from bouncer import control, report
+from bouncer import control, report, tls
 from bouncer.account import commands as account_commands
 from bouncer.config import ConfigError, load_config
 from bouncer.credentials import hash_password
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", _run, "run in the foreground"),
         ("check-config", _check_config, "validate the config file and exit"),
         ("status", _status, "show the running bouncer's upstream, sessions and rooms"),
+        ("cert", _cert, "print the fingerprints of the certificate clients are shown"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary)
         sub.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
@@ -97,6 +99,21 @@ def _check_config(args: argparse.Namespace) -> int:
     print("ok")
     for warning in config.warnings:
         print(f"bouncer: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cert(args: argparse.Namespace) -> int:
+    """The certificate clients see (``listen.cert``, or the self-signed one made on first
+    start next to the database), with the fingerprints clients show before trusting it."""
+    config = load_config(args.config)
+    path = config.listen.cert or os.path.join(os.path.dirname(config.storage.path), tls.CERT_FILE)
+    if not os.path.exists(path):
+        return _fail(f"no certificate at {path} yet: the bouncer makes it on its first start")
+    shown = tls.fingerprints(path)
+    print(f"certificate: {path}" + ("" if config.listen.cert else " (self-signed)"))
+    print(f"SHA-256:      {shown['sha256']}  (Conversations, Gajim, Dino)")
+    print(f"SHA-1:        {shown['sha1']}  (Profanity)")
+    print(f"SPKI SHA-256: {shown['spki_sha256']}  (poezio)")
     return 0
 
 

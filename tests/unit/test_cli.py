@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 import bouncer
+from bouncer import tls
 from bouncer.cli import main
 from bouncer.credentials import parse_credentials
 from bouncer.log import configure_logging
@@ -288,3 +289,16 @@ def test_bad_format_or_level_is_refused() -> None:
         configure_logging("xml", "info", stream=io.StringIO())
     with pytest.raises(ValueError):
         configure_logging("json", "trace", stream=io.StringIO())
+
+
+def test_cert_prints_the_fingerprints_clients_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bouncer.yaml"
+    path.write_text(VALID)
+    assert main(["cert", "-c", str(path)]) == 1
+    assert "the bouncer makes it on its first start" in capsys.readouterr().err
+    cert, _, sha256 = tls.ensure_certificate(str(tmp_path), "example.org")
+    assert main(["cert", "-c", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"certificate: {cert} (self-signed)"
+    assert out[1].split()[1] == sha256 and out[2].split()[1] == tls.fingerprints(cert)["sha1"]
+    assert out[3].split()[2] == tls.fingerprints(cert)["spki_sha256"]
