@@ -71,6 +71,14 @@ def joined(r, room: str = ROOM, nick: str = "alice") -> None:
     r.from_upstream(x(f"<message from='{room}' to='{UP}' type='groupchat'><subject/></message>"), 0)
 
 
+def holding():
+    """A router whose account holds ROOM for its autojoin bookmark."""
+    r, read_id = started()
+    r.from_upstream(read_answer(read_id, conference(ROOM, True)), 0)
+    joined(r)
+    return r
+
+
 # ---- parsing ------------------------------------------------------------------
 def test_xep0402_items_and_retractions_parse():
     change = bookmarks.from_event(notification(
@@ -126,9 +134,7 @@ def test_without_xep0402_the_private_xml_bookmarks_are_read():
 
 
 def test_autojoin_turned_off_is_an_account_level_leave_every_session_sees():
-    r, read_id = started()
-    r.from_upstream(read_answer(read_id, conference(ROOM, True)), 0)
-    joined(r)
+    r = holding()
     bind(r, "phone")
     r.from_session("phone", x(f"<presence from='{ACCOUNT}/phone' to='{ROOM}/alice'><x xmlns='{ns.MUC}'/></presence>"), 0)
     actions = r.from_upstream(notification(conference(ROOM, False)), 0)
@@ -240,9 +246,7 @@ def test_a_restart_hands_over_what_clients_can_do_and_the_hashes_announced():
 
 
 def test_the_rooms_answer_to_the_accounts_leave_reaches_no_session_and_does_not_undo_a_rejoin():
-    r, read_id = started()
-    r.from_upstream(read_answer(read_id, conference(ROOM, True)), 0)
-    joined(r)
+    r = holding()
     bind(r, "elsewhere")
     r.from_session("elsewhere", x(f"<presence from='{ACCOUNT}/elsewhere'/>"), 0)
     r.from_upstream(notification(conference(ROOM, False)), 0)
@@ -254,9 +258,7 @@ def test_the_rooms_answer_to_the_accounts_leave_reaches_no_session_and_does_not_
 
 
 def test_a_purge_of_the_bookmarks_leaves_every_autojoin_room():
-    r, read_id = started()
-    r.from_upstream(read_answer(read_id, conference(ROOM, True)), 0)
-    joined(r)
+    r = holding()
     purge = x(f"<message from='{ACCOUNT}' to='{UP}' type='headline'><event xmlns='{ns.PUBSUB_EVENT}'>"
               f"<purge node='{ns.BOOKMARKS}'/></event></message>")
     [gone] = up(r.from_upstream(purge, 0))
