@@ -13,21 +13,33 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from lxml import etree
 
 from bouncer import report
 from bouncer.account import resumption
+from bouncer.account.devices import DeviceBook
+from bouncer.account.router import Router
 from bouncer.core.effects import CloseSession, Deliver, Effect
+from bouncer.muc.routing import MucRouter
 from bouncer.xmpp import adhoc, jid
 from bouncer.xmpp.adhoc import Field, Form
 
-if TYPE_CHECKING:
-    from bouncer.account.owner import Account
-
 Element = etree._Element
 NODE_PREFIX = "urn:x-bouncer:command:"
+
+
+class Managed(Protocol):
+    """What the commands reach: the account that owns the state (``owner.Account``)."""
+
+    router: Router
+    devices: DeviceBook
+
+    @property
+    def muc(self) -> MucRouter: ...
+
+    def full_status(self) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -41,9 +53,9 @@ class Outcome:
 class Command:
     name: str  # the control socket's word, and the last part of the ad-hoc node
     title: str
-    run: Callable[[Account, str], Outcome]
+    run: Callable[[Managed, str], Outcome]
     argument: str = ""  # what it needs (its form field's label); "": nothing
-    choices: Callable[[Account], list[tuple[str, str]]] | None = None  # (label, value); None: free text
+    choices: Callable[[Managed], list[tuple[str, str]]] | None = None  # (label, value); None: free text
 
     @property
     def node(self) -> str:
@@ -51,27 +63,27 @@ class Command:
 
 
 # ---- the commands -------------------------------------------------------------------------
-def _status(account: Account, _arg: str) -> Outcome:
+def _status(account: Managed, _arg: str) -> Outcome:
     return Outcome(tuple(report.format_status(account.full_status()).splitlines()))
 
 
-def _rooms(account: Account, _arg: str) -> Outcome:
+def _rooms(account: Managed, _arg: str) -> Outcome:
     return Outcome(tuple(report.room_lines(account.full_status())))
 
 
-def _sessions(account: Account, _arg: str) -> Outcome:
+def _sessions(account: Managed, _arg: str) -> Outcome:
     status, now = account.full_status(), time.time()
     return Outcome((*report.session_lines(status, now), *report.device_lines(status, now)))
 
 
-def _leave(account: Account, room: str) -> Outcome:
+def _leave(account: Managed, room: str) -> Outcome:
     room = jid.bare(room)
     if not account.muc.holds(room):
         return Outcome((f"{room} is not held by the account",), failed=True)
     return Outcome((f"the account left {room}",), tuple(account.muc.leave_room(room)))
 
 
-def _hold(account: Account, target: str) -> Outcome:
+def _hold(account: Managed, target: str) -> Outcome:
     room, nick = jid.bare(target), jid.resource(target) or account.router.nick()
     if jid.localpart(room) is None:
         return Outcome((f"{target!r} is not a room JID (room@service, or room@service/nick)",), failed=True)
@@ -80,7 +92,7 @@ def _hold(account: Account, target: str) -> Outcome:
     return Outcome((f"the account joins {room} as {nick}",), tuple(account.muc.hold(room, nick)))
 
 
-def _disconnect(account: Account, resource: str) -> Outcome:
+def _disconnect(account: Managed, resource: str) -> Outcome:
     session = account.router.sessions.get(resource)
     if session is not None:
         # Ended, not hibernated: its client does not resume, and its rooms see it leave.
@@ -92,11 +104,11 @@ def _disconnect(account: Account, resource: str) -> Outcome:
     return Outcome((f"no session or device {resource}",), failed=True)
 
 
-def _held_rooms(account: Account) -> list[tuple[str, str]]:
+def _held_rooms(account: Managed) -> list[tuple[str, str]]:
     return [(room, room) for room in sorted(account.muc.rooms)]
 
 
-def _sessions_and_devices(account: Account) -> list[tuple[str, str]]:
+def _sessions_and_devices(account: Managed) -> list[tuple[str, str]]:
     live = sorted(account.router.sessions)
     away = sorted(d for d in account.devices.known if d not in account.router.sessions)
     return [(f"disconnect session {r}", r) for r in live] + [(f"forget device {r}", r) for r in away]
@@ -116,7 +128,7 @@ BY_NODE = {c.node: c for c in COMMANDS}
 LISTED = tuple((c.node, c.title) for c in COMMANDS)  # what disco#items shows
 
 
-def run(account: Account, name: str, argument: str = "") -> Outcome:
+def run(account: Managed, name: str, argument: str = "") -> Outcome:
     """A command by its control-socket name."""
     command = BY_NAME.get(name)
     if command is None:
@@ -132,7 +144,7 @@ def is_ours(iq: Element) -> bool:
     return req is not None and req.node.startswith(NODE_PREFIX)
 
 
-def answer(account: Account, resource: str, iq: Element) -> list[Effect]:
+def answer(account: Managed, resource: str, iq: Element) -> list[Effect]:
     """A session's command request: the form the command needs, or its outcome. The
     answer goes before the command's effects (disconnecting oneself still hears back)."""
     req = adhoc.request(iq)
@@ -151,7 +163,7 @@ def answer(account: Account, resource: str, iq: Element) -> list[Effect]:
     return [Deliver((resource,), adhoc.completed(iq, req, result, note, outcome.failed)), *outcome.effects]
 
 
-def _form(account: Account, command: Command) -> Form:
+def _form(account: Managed, command: Command) -> Form:
     if command.choices is None:
         ask = Field("argument", "text-single", command.argument, required=True)
     else:
