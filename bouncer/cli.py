@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(command=command)
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print the status as JSON")
+        if name == "cert":
+            sub.add_argument("--pem", action="store_true", help="print the certificate itself (PEM)")
     for tree_command in account_commands.COMMANDS:  # the running bouncer's own, as its ad-hoc commands
         if tree_command.name == "status":
             continue
@@ -109,11 +111,16 @@ def _cert(args: argparse.Namespace) -> int:
     path = config.listen.cert or os.path.join(os.path.dirname(config.storage.path), tls.CERT_FILE)
     if not os.path.exists(path):
         return _fail(f"no certificate at {path} yet: the bouncer makes it on its first start")
+    if args.pem:  # for clients that must be given the file (poezio's ca_cert_path, Dino)
+        with open(path, encoding="ascii") as f:
+            print(f.read(), end="")
+        return 0
     shown = tls.fingerprints(path)
     print(f"certificate: {path}" + ("" if config.listen.cert else " (self-signed)"))
-    print(f"SHA-256:      {shown['sha256']}  (Conversations, Gajim, Dino)")
-    print(f"SHA-1:        {shown['sha1']}  (Profanity)")
-    print(f"SPKI SHA-256: {shown['spki_sha256']}  (poezio)")
+    print(f"SHA-256:      {shown['sha256']}  (Conversations, Gajim)")
+    print(f"SHA-1:        {shown['sha1']}  (Gajim)")
+    print(f"              {shown['sha1'].replace(':', '').lower()}  (Profanity)")
+    print(f"SPKI SHA-256: {shown['spki_sha256']}  (poezio's certificate option)")
     return 0
 
 

@@ -300,5 +300,9 @@ def test_cert_prints_the_fingerprints_clients_show(tmp_path: Path, capsys: pytes
     assert main(["cert", "-c", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"certificate: {cert} (self-signed)"
-    assert out[1].split()[1] == sha256 and out[2].split()[1] == tls.fingerprints(cert)["sha1"]
-    assert out[3].split()[2] == tls.fingerprints(cert)["spki_sha256"]
+    shown = tls.fingerprints(cert)
+    assert out[1].split()[1] == sha256 and out[2].split()[1] == shown["sha1"]
+    assert out[3].split()[0] == shown["sha1"].replace(":", "").lower()  # as Profanity prints it
+    assert out[4].split()[2] == shown["spki_sha256"]
+    assert main(["cert", "-c", str(path), "--pem"]) == 0
+    assert capsys.readouterr().out == Path(cert).read_text()
