@@ -1,9 +1,9 @@
 """Prometheus metrics (SPEC §10), served on ``metrics.listen`` when it is set.
 
-Counters are module-level, as prometheus-client has them, counted where things happen
-(the connections, the link, the executor); what the account holds now (sessions,
-devices, rooms, stored stanzas) is read when Prometheus scrapes, on the event loop
-that owns it, so it is never read mid-change. Names follow soju's and Prometheus'
+Counters are plain integers in ``COUNTS``, counted where things happen (the
+connections, the link, the executor); they and what the account holds now (sessions,
+devices, rooms, stored stanzas) are read when Prometheus scrapes, on the event loop
+that owns them, so nothing is read mid-change. Names follow soju's and Prometheus'
 conventions: ``bouncer_`` prefix, ``_total`` for counters.
 
 The endpoint is a minimal HTTP/1.0 responder on the event loop: one ``GET`` line
@@ -14,46 +14,69 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = structlog.get_logger("bouncer.metrics")
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+REGISTRY = CollectorRegistry()
 
-UPSTREAM_IN = Counter("bouncer_upstream_in_stanzas", "Stanzas received from the server", registry=REGISTRY)
-UPSTREAM_OUT = Counter("bouncer_upstream_out_stanzas", "Stanzas sent to the server", registry=REGISTRY)
-DOWNSTREAM_IN = Counter("bouncer_downstream_in_stanzas", "Stanzas received from clients", registry=REGISTRY)
-DOWNSTREAM_OUT = Counter("bouncer_downstream_out_stanzas", "Stanzas sent to clients", registry=REGISTRY)
-FANOUT = Counter("bouncer_fanout_deliveries", "Room messages delivered to sessions (one per session)",
-                 registry=REGISTRY)
-RECONNECTS = Counter("bouncer_upstream_reconnects", "Upstream sessions established after the first",
-                     registry=REGISTRY)
-LOGIN_FAILURES = Counter("bouncer_login_failures", "Failed client logins", registry=REGISTRY)
-STREAM_ERRORS = Counter("bouncer_stream_errors", "Stream errors sent to clients", ["condition"], registry=REGISTRY)
-OUTBOX_CLOSES = Counter("bouncer_outbox_closes", "Sessions closed because they did not read what they were sent",
-                        registry=REGISTRY)
+
+@dataclass
+class Counts:
+    """The counters, as plain integers: ``+=`` on a hot path (a fan-out to 20 sessions
+    counts 20 writes) costs ~30 ns where a prometheus-client Counter takes a lock (~500 ns)."""
+
+    upstream_in_stanzas: int = 0
+    upstream_out_stanzas: int = 0
+    downstream_in_stanzas: int = 0
+    downstream_out_stanzas: int = 0
+    fanout_deliveries: int = 0
+    upstream_reconnects: int = 0
+    login_failures: int = 0
+    outbox_closes: int = 0
+    stream_errors: dict[str, int] = field(default_factory=dict)  # by condition
+
+    def stream_error(self, condition: str) -> None:
+        self.stream_errors[condition] = self.stream_errors.get(condition, 0) + 1
+
+
+COUNTS = Counts()
+_HELP = {
+    "upstream_in_stanzas": "Stanzas received from the server",
+    "upstream_out_stanzas": "Stanzas sent to the server",
+    "downstream_in_stanzas": "Stanzas received from clients",
+    "downstream_out_stanzas": "Stanzas sent to clients",
+    "fanout_deliveries": "Room messages delivered to sessions (one per session)",
+    "upstream_reconnects": "Upstream sessions established after the first",
+    "login_failures": "Failed client logins",
+    "outbox_closes": "Sessions closed because they did not read what they were sent",
+}
 
 
 class AccountCollector(Collector):
-    """Gauges read from ``read()`` at scrape time: a dict of name -> (help, value)."""
+    """The counters, and gauges read from ``read()`` (name -> (help, value)), at scrape time."""
 
     def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
+        for name, help_text in _HELP.items():
+            yield CounterMetricFamily(f"bouncer_{name}", help_text, value=getattr(COUNTS, name))
+        errors = CounterMetricFamily("bouncer_stream_errors", "Stream errors sent to clients", labels=["condition"])
+        for condition, count in sorted(COUNTS.stream_errors.items()):
+            errors.add_metric([condition], count)
+        yield errors
         for name, (help_text, value) in self._read().items():
             yield GaugeMetricFamily(f"bouncer_{name}", help_text, value=value)
 
-    def describe(self) -> list[Metric]:
-        return []  # read at scrape time only
-
 
 def watch(read: Callable[[], dict[str, tuple[str, float]]]) -> AccountCollector:
-    """Register the account's gauges (``REGISTRY.unregister`` it when the service ends)."""
+    """Register the metrics (``REGISTRY.unregister`` it when the service ends)."""
     collector = AccountCollector(read)
     REGISTRY.register(collector)
     return collector

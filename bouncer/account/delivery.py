@@ -54,7 +54,7 @@ class Delivery:
         if not sessions:
             return
         if isinstance(el, etree._Element) and el.get("type") == "groupchat" and el.tag == stanza.MESSAGE:
-            metrics.FANOUT.inc(len(sessions))
+            metrics.COUNTS.fanout_deliveries += len(sessions)
         out: bytes | Prepared | None = None  # serialised once, when a session takes it now
         urgent: bool | None = None
         for session in sessions:

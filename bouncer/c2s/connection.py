@@ -118,7 +118,7 @@ class Connection:
     def send_series(self, wires: list[bytes]) -> None:
         for wire in wires:
             self.stream.send_serialized(wire)  # each one a stanza (XEP-0198 counts them)
-        metrics.DOWNSTREAM_OUT.inc(len(wires))
+        metrics.COUNTS.downstream_out_stanzas += len(wires)
         self._flush()
 
     def after_flush(self, callback: Callable[[], None]) -> None:
@@ -132,7 +132,7 @@ class Connection:
 
     def stream_error(self, condition: str, text: str | None = None) -> None:
         if self.stream.phase is not core.NegotiationPhase.CLOSED:
-            metrics.STREAM_ERRORS.labels(condition).inc()
+            metrics.COUNTS.stream_error(condition)
             self._error_counted = True
         self.stream.stream_error(condition, text)
         self._flush()
@@ -160,7 +160,7 @@ class Connection:
                 self.log.warning("session queue full, closing", queued=self._outbox.waiting,
                                  queued_bytes=self._outbox.waiting_bytes)
                 self._dropped = True
-                metrics.OUTBOX_CLOSES.inc()
+                metrics.COUNTS.outbox_closes += 1
                 self._writer.transport.abort()
                 return
             self._outbox.put_bytes(item)
@@ -213,14 +213,14 @@ class Connection:
                 self._logged_in_or_gone()
                 self.log.info("authenticated", user=username)
             case core.AuthFailed(username, reason):
-                metrics.LOGIN_FAILURES.inc()
+                metrics.COUNTS.login_failures += 1
                 delay = self._throttle.failed(self._host(), time.monotonic())
                 self.log.warning("authentication failed", user=username, reason=reason, delay=delay)
                 await asyncio.sleep(delay)
             case core.BindRequested(requested):
                 self._to_account(SessionBind(self, requested))
             case core.StanzaReceived(element):
-                metrics.DOWNSTREAM_IN.inc()
+                metrics.COUNTS.downstream_in_stanzas += 1
                 self._to_account(SessionStanza(self, element))
             case core.NonzaReceived(element):
                 self._to_account(SessionNonza(self, element))
@@ -235,7 +235,7 @@ class Connection:
                 if error:
                     self.log.info("stream error sent", condition=error)
                     if not self._error_counted:  # the stream's own, on bad input
-                        metrics.STREAM_ERRORS.labels(error).inc()
+                        metrics.COUNTS.stream_error(error)
                 self._flush()
                 return True
         return False

@@ -148,7 +148,7 @@ class UpstreamLink:
         if not self.connected or stream is None or stream.phase is not UpstreamPhase.OPEN:
             return False
         stream.send_stanza(element)
-        metrics.UPSTREAM_OUT.inc()
+        metrics.COUNTS.upstream_out_stanzas += 1
         if self._flush_soon is None:  # one write (and one <r/>) per burst
             self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
         return True
@@ -271,7 +271,7 @@ class UpstreamLink:
             match event:
                 case StanzaReceived(element):
                     if self.connected:
-                        metrics.UPSTREAM_IN.inc()
+                        metrics.COUNTS.upstream_in_stanzas += 1
                         self._emit(UpstreamStanza(element))
                 case Established(bound, resumed):
                     self._up(bound, resumed)
@@ -348,7 +348,7 @@ class UpstreamLink:
         loop = asyncio.get_running_loop()
         if self.jid is not None:
             self.reconnects += 1
-            metrics.RECONNECTS.inc()
+            metrics.COUNTS.upstream_reconnects += 1
         self.connected, self.jid, self.failures = True, bound, 0
         self._up_since = loop.time()
         self.connected_since = time.time()
