@@ -77,6 +77,15 @@ async def test_ad_hoc_commands_list_run_and_leave_a_room_for_real(server, tmp_pa
     held = await ask(phone, s.alice, command("hold", f"{room}/alice2"))
     assert held.find(f".//{{{COMMANDS}}}note").get("type") == "info"
     await bob.wait_for(from_occupant(room, "alice2"))
+    await asyncio.to_thread(s.bouncer.wait_event, "room joined upstream", room=room, after=1)
+    rooms = await ask(phone, s.alice, command("rooms"))
+    assert lines(rooms)[:2] == ["rooms: 1", f"  {room} as alice2: 2 occupants, 0 sessions, 0 archived"]
+    laptop = await connect(f"{s.alice}/laptop", s.password, s.port)
+    form = await ask(phone, s.alice, command("disconnect"))
+    assert {"laptop", "phone"} <= set(lines(form))
+    await ask(phone, s.alice, command("disconnect", "laptop"))
+    await asyncio.wait_for(laptop.disconnected_event.wait(), 10)
+    assert laptop.stream_errors == ["reset"]
     await close(phone, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
 
