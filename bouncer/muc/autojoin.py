@@ -79,6 +79,7 @@ def apply(state: MucState, book: BookmarkBook, change: Change, nick: str) -> lis
         book.known.pop(room, None)
         if _was_autojoin(before, room):
             effects += _leave(state, room, "bookmark removed")
+    state.autojoin = {room for room, mark in book.known.items() if mark.autojoin}
     return effects
 
 

@@ -127,8 +127,9 @@ def session_gone(state: MucState, resource: str) -> list[Effect]:
 
 
 def _after_departure(state: MucState, room: Room) -> list[Effect]:
-    """Once a session is out: the account leaves too if configured so, else its presence is updated."""
-    if not room.audience() and state.settings.leave_when_unused:
+    """Once a session is out: the account leaves too if configured so (unless the room is
+    bookmarked with autojoin, SPEC §6.3), else its presence is updated."""
+    if not room.audience() and state.settings.leave_when_unused and room.jid not in state.autojoin:
         return leave_room(state, room.jid)
     return room_presence(room)
 

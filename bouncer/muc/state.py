@@ -38,6 +38,7 @@ class MucState:
     # the leave are the account's own business, not its sessions'. Bounded: an answer
     # may never come.
     leaving: dict[str, None] = field(default_factory=dict)
+    autojoin: set[str] = field(default_factory=set)  # rooms bookmarked with autojoin: never left unused
 
     def left(self, occupant_jid: str) -> None:
         self.leaving[occupant_jid] = None

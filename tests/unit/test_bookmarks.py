@@ -263,3 +263,14 @@ def test_a_purge_of_the_bookmarks_leaves_every_autojoin_room():
               f"<purge node='{ns.BOOKMARKS}'/></event></message>")
     [gone] = up(r.from_upstream(purge, 0))
     assert gone.get("type") == "unavailable" and not r.muc.holds(ROOM)
+
+
+def test_leave_when_unused_keeps_a_room_bookmarked_with_autojoin():
+    r = new_router(ACCOUNT, leave_when_unused=True)
+    read = [el for el in up(r.upstream_established(UP, resumed=False)) if el.find(f"{{{ns.PUBSUB}}}pubsub") is not None]
+    r.from_upstream(read_answer(read[0].get("id"), conference(ROOM, True)), 0)
+    joined(r)
+    bind(r, "phone")
+    r.from_session("phone", x(f"<presence from='{ACCOUNT}/phone' to='{ROOM}/alice'><x xmlns='{ns.MUC}'/></presence>"), 0)
+    r.from_session("phone", x(f"<presence type='unavailable' from='{ACCOUNT}/phone' to='{ROOM}/alice'/>"), 0)
+    assert r.muc.holds(ROOM)
