@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from lxml import etree
 
 from bouncer import report
@@ -27,6 +28,7 @@ from bouncer.xmpp import adhoc, jid
 from bouncer.xmpp.adhoc import Field, Form
 
 Element = etree._Element
+log = structlog.get_logger("bouncer.commands")
 NODE_PREFIX = "urn:x-bouncer:command:"
 
 
@@ -55,7 +57,8 @@ class Command:
     title: str
     run: Callable[[Managed, str], Outcome]
     argument: str = ""  # what it needs (its form field's label); "": nothing
-    choices: Callable[[Managed], list[tuple[str, str]]] | None = None  # (label, value); None: free text
+    # (label, value) offered to the session ``by`` (its own resource); None: free text
+    choices: Callable[[Managed, str], list[tuple[str, str]]] | None = None
 
     @property
     def node(self) -> str:
@@ -104,12 +107,13 @@ def _disconnect(account: Managed, resource: str) -> Outcome:
     return Outcome((f"no session or device {resource}",), failed=True)
 
 
-def _held_rooms(account: Managed) -> list[tuple[str, str]]:
+def _held_rooms(account: Managed, _by: str) -> list[tuple[str, str]]:
     return [(room, room) for room in sorted(account.muc.rooms)]
 
 
-def _sessions_and_devices(account: Managed) -> list[tuple[str, str]]:
-    live = sorted(account.router.sessions)
+def _sessions_and_devices(account: Managed, by: str) -> list[tuple[str, str]]:
+    """Every session but the asker's own (a form's first option is often preselected)."""
+    live = sorted(r for r in account.router.sessions if r != by)
     away = sorted(d for d in account.devices.known if d not in account.router.sessions)
     return [(f"disconnect session {r}", r) for r in live] + [(f"forget device {r}", r) for r in away]
 
@@ -135,7 +139,9 @@ def run(account: Managed, name: str, argument: str = "") -> Outcome:
         return Outcome((f"unknown command {name!r} (known: {', '.join(BY_NAME)})",), failed=True)
     if command.argument and not argument:
         return Outcome((f"{name} needs an argument: {command.argument.lower()}",), failed=True)
-    return command.run(account, argument)
+    outcome = command.run(account, argument)
+    log.info("command", command=name, argument=argument or None, by="control socket", failed=outcome.failed)
+    return outcome
 
 
 # ---- as XEP-0050 ad-hoc commands ---------------------------------------------------------------
@@ -156,16 +162,21 @@ def answer(account: Managed, resource: str, iq: Element) -> list[Effect]:
         return [Deliver((resource,), adhoc.canceled(iq, req))]
     value = req.values.get("argument", "")
     if command.argument and not value:
-        return [Deliver((resource,), adhoc.ask(iq, req, _form(account, command)))]
+        return [Deliver((resource,), adhoc.ask(iq, req, _form(account, command, resource)))]
     outcome = command.run(account, value)
-    result = Form(command.title, (Field("lines", "text-multi", command.title, outcome.lines),))
+    log.info("command", command=command.name, argument=value or None, by=resource, failed=outcome.failed)
+    # One fixed field per line: clients show them as text (a text-multi is an editable box,
+    # which poezio shows a line at a time).
+    result = Form(command.title, tuple(Field("", "fixed", values=(line,)) for line in outcome.lines))
     note = outcome.lines[0] if outcome.failed else "done"
     return [Deliver((resource,), adhoc.completed(iq, req, result, note, outcome.failed)), *outcome.effects]
 
 
-def _form(account: Managed, command: Command) -> Form:
+def _form(account: Managed, command: Command, by: str) -> Form:
     if command.choices is None:
         ask = Field("argument", "text-single", command.argument, required=True)
     else:
-        ask = Field("argument", "list-single", command.argument, options=tuple(command.choices(account)), required=True)
+        options = tuple(command.choices(account, by))
+        first = (options[0][1],) if options else ()  # Profanity lists the options only with a value
+        ask = Field("argument", "list-single", command.argument, values=first, options=options, required=True)
     return Form(command.title, (ask,))

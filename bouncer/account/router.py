@@ -289,8 +289,8 @@ class Router:
 
     def _with_commands(self, answer: Element) -> Element:
         """The account's command list: the server's (when it has one) and the bouncer's."""
-        if answer.get("type") == "error":
-            answer = stanza.make("iq", type="result", id=answer.get("id"), to=answer.get("to"), from_=answer.get("from"))
+        if answer.get("type") == "error":  # (Prosody's has no from: Profanity crashes on a result without one)
+            answer = stanza.make("iq", type="result", id=answer.get("id"), to=answer.get("to"), from_=self.account)
         return adhoc.add_items(answer, self.account, list(self.settings.commands))
 
     def _own_answer(self, el: Element, now: float) -> list[Effect]:

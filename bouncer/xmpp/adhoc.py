@@ -110,14 +110,16 @@ def _form(form: Form, kind: str) -> Element:
     if form.instructions:
         etree.SubElement(x, q(ns.DATA, "instructions")).text = form.instructions
     for f in form.fields:
-        el = etree.SubElement(x, q(ns.DATA, "field"), var=f.var, type=f.type)
+        el = etree.SubElement(x, q(ns.DATA, "field"), type=f.type)
+        if f.var:
+            el.set("var", f.var)
         if f.label:
             el.set("label", f.label)
         if f.required:
             etree.SubElement(el, q(ns.DATA, "required"))
+        for value in f.values:  # XEP-0004's order: values, then options
+            etree.SubElement(el, q(ns.DATA, "value")).text = value
         for label, value in f.options:
             option = etree.SubElement(el, q(ns.DATA, "option"), label=label)
             etree.SubElement(option, q(ns.DATA, "value")).text = value
-        for value in f.values:
-            etree.SubElement(el, q(ns.DATA, "value")).text = value
     return x

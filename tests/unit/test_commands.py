@@ -72,6 +72,15 @@ def test_the_account_lists_its_commands_next_to_the_servers(account):
     listed = [parse_wire(w) for w in port.wire if b"l1" in w][-1]
     nodes = [i.get("node") for i in listed.iter(f"{{{ns.DISCO_ITEMS}}}item")]
     assert nodes == ["server-cmd", *(c.node for c in commands.COMMANDS)]
+    # Prosody answers item-not-found, without a from: the list is ours alone, from the account
+    account.handle(SessionStanza(port, x(f"<iq type='get' id='l2' from='{port.jid}' to='{ACCOUNT}'>"
+                                         f"<query xmlns='{ns.DISCO_ITEMS}' node='{ns.COMMANDS}'/></iq>")))
+    asked = account.upstream.sent[-1]
+    account.handle(UpstreamStanza(x(f"<iq type='error' id='{asked.get('id')}' to='{UP}'><error type='cancel'>"
+                                    f"<item-not-found xmlns='{ns.STANZA_ERRORS}'/></error></iq>")))
+    listed = [parse_wire(w) for w in port.wire if b"l2" in w][-1]
+    assert (listed.get("type"), listed.get("from")) == ("result", ACCOUNT)
+    assert len(list(listed.iter(f"{{{ns.DISCO_ITEMS}}}item"))) == len(commands.COMMANDS)
 
 
 def test_status_is_a_form_of_lines_the_control_socket_prints_too(account):
@@ -92,7 +101,8 @@ def test_leave_offers_the_rooms_held_and_leaving_is_an_account_level_leave(accou
     form = execute(account, port, "leave")
     assert form.find(f"{{{ns.COMMANDS}}}command").get("status") == "executing"
     [field] = form.iter(f"{DATA}field")
-    assert field.get("type") == "list-single" and [v.text for v in field.iter(f"{DATA}value")] == [ROOM]
+    assert field.get("type") == "list-single" and field.findtext(f"{DATA}value") == ROOM  # preselected
+    assert [o.findtext(f"{DATA}value") for o in field.iter(f"{DATA}option")] == [ROOM]
     done = execute(account, port, "leave", ROOM)
     assert done.find(f"{{{ns.COMMANDS}}}command/{{{ns.COMMANDS}}}note").get("type") == "info"
     gone = account.upstream.sent[-1]
@@ -104,6 +114,8 @@ def test_leave_offers_the_rooms_held_and_leaving_is_an_account_level_leave(accou
 
 def test_disconnect_ends_a_session_without_hibernation_and_forgets_a_device(account):
     phone, laptop = session(account, "phone"), session(account, "laptop")
+    offered = execute(account, laptop, "disconnect").iter(f"{DATA}option")
+    assert [o.findtext(f"{DATA}value") for o in offered] == ["phone"]  # not the asker itself
     execute(account, laptop, "disconnect", "phone")
     assert phone.errors == [("reset", "disconnected by the account's owner")]
     assert "phone" not in account.router.sessions and "phone" in account.devices.known
