@@ -317,13 +317,14 @@ class Router:
             targets = tuple(r for r, s in self.sessions.items() if s.carbons and s.presence is not None)
             return [Mail(el, targets)]
         node = caps.notified_node(el)
-        if node is not None:
-            return self._notification(el, node)
+        if node is not None and jid.localpart(el.get("from", "")) is not None:
+            return self._notification(el, node)  # PEP: a user's node (a pubsub service's are subscribed to)
         return self._to_interested(el, keep=_worth_keeping(el))
 
     def _notification(self, el: Element, node: str) -> list[Effect]:
-        """A PEP notification (XEP-0163) goes to the sessions whose client asked for its node;
-        the account's own bookmarks also drive its rooms (SPEC §8)."""
+        """A PEP notification (XEP-0163) goes to the sessions whose client asked for its node
+        (the server sent it because one of them did); the account's own bookmarks also drive
+        its rooms (SPEC §8)."""
         change = bookmarks.from_event(el) if _from_account_or_server(el, self.account) else None
         actions = [] if change is None else self.muc.bookmarks_changed(change, self.nick())
         targets = tuple(r for r, s in self.sessions.items() if s.presence is not None and self.caps.wants(s.presence, node))

@@ -9,7 +9,7 @@ from lxml import etree
 from bouncer.account import handover
 
 from bouncer.account.capabilities import NODE
-from bouncer.core.effects import Deliver, ToUpstream
+from bouncer.core.effects import Deliver, Mail, ToUpstream
 from bouncer.xmpp import bookmarks, caps, ns
 from bouncer.xmpp.bookmarks import Bookmark
 from support.ports import bind, new_router
@@ -274,3 +274,19 @@ def test_leave_when_unused_keeps_a_room_bookmarked_with_autojoin():
     r.from_session("phone", x(f"<presence from='{ACCOUNT}/phone' to='{ROOM}/alice'><x xmlns='{ns.MUC}'/></presence>"), 0)
     r.from_session("phone", x(f"<presence type='unavailable' from='{ACCOUNT}/phone' to='{ROOM}/alice'/>"), 0)
     assert r.muc.holds(ROOM)
+
+
+def test_a_pubsub_services_notification_reaches_every_session():
+    """Filtering by caps is for PEP; a pubsub service's items were subscribed to explicitly."""
+    r, _ = started()
+    bind(r, "phone")
+    presence = client_presence("phone")
+    [ask] = [el for el in to(r.from_session("phone", presence, 0), "phone") if el.tag == f"{{{ns.CLIENT}}}iq"]
+    r.from_session("phone", x(f"<iq type='result' id='{ask.get('id')}'><query xmlns='{ns.DISCO_INFO}'>"
+                              "<identity category='client' type='phone'/></query></iq>"), 0)
+    news = x(f"<message from='pubsub.example.org' to='{UP}'><event xmlns='{ns.PUBSUB_EVENT}'>"
+             "<items node='news'><item id='1'/></items></event></message>")
+    assert [a.resources for a in r.from_upstream(news, 0) if isinstance(a, (Deliver, Mail))] == [("phone",)]
+    pep = x(f"<message from='bob@example.org' to='{UP}'><event xmlns='{ns.PUBSUB_EVENT}'>"
+            "<items node='urn:xmpp:avatar:metadata'><item id='1'/></items></event></message>")
+    assert [a for a in r.from_upstream(pep, 0) if isinstance(a, Deliver)] == []  # it did not ask for avatars
