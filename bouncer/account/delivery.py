@@ -31,6 +31,7 @@ Element = etree._Element
 
 
 CATCHUP_MARK = "account-mam"  # the archive id of the last message the account took
+RESOURCES_MARK = "upstream-resources"  # the upstream resources the bouncer bound (JSON list)
 TAKEN_KEPT = 10_000  # archive ids remembered to recognise repeats
 
 

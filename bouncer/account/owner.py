@@ -11,6 +11,7 @@ answered ``internal-server-error`` so its sender does not wait forever.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bouncer.account import commands, resumption, saved_sessions
-from bouncer.account.delivery import CATCHUP_MARK, Delivery
+from bouncer.account.delivery import CATCHUP_MARK, RESOURCES_MARK, Delivery
 from bouncer.account.devices import DeviceBook, Retention
 from bouncer.account.resumption import HibernationLimits
 from bouncer.account.router import Router, RouterSettings, Session
@@ -108,6 +109,8 @@ class Account:
             case SessionClosed(port, by_client):
                 return self._session_closed(port, by_client)
             case UpstreamUp(full_jid, resumed):
+                if self.router.catchup.bound(jid.resource(full_jid)):  # what it sends is not news to catch up on
+                    self.devices.mailbox.set_mark(RESOURCES_MARK, json.dumps(self.router.catchup.own_resources))
                 return self.router.upstream_established(full_jid, resumed)
             case UpstreamDown():
                 self.router.upstream_down()
@@ -272,6 +275,7 @@ def build_account(config: Config, archive: RoomArchive, mailbox: Mailbox, transa
     muc.restore()
     router = Router(router_settings(config), muc)
     router.catchup.after = mailbox.mark(CATCHUP_MARK)
+    router.catchup.own_resources = json.loads(mailbox.mark(RESOURCES_MARK) or "[]")
     return Account(router, DeviceBook(mailbox), transaction,
                    retention=retention(config.sessions), hibernation=hibernation(config.sessions))
 

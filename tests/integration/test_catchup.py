@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from lxml import etree
 
 from integration_setup import make_setup
 from support.clients import body_is, close, connect, numbers, until
@@ -45,3 +46,49 @@ async def test_chats_sent_while_the_bouncer_was_down_reach_each_device_once(pros
                    if el.findtext("{jabber:client}body", "").startswith("n"))
     await close(phone2, laptop2, bob)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_what_other_clients_sent_meanwhile_comes_as_carbons_and_the_bouncers_own_not_again(prosody_factory, tmp_path):
+    """A chat the account sent from a client connected to the server directly, while the
+    bouncer was down, reaches the sessions as a sent carbon, in order with bob's answer;
+    what a session had sent through the bouncer before the crash does not come back."""
+    server = prosody_factory()
+    server.start()
+    s = make_setup(server, tmp_path)
+    await asyncio.to_thread(s.bouncer.start)
+    bob = await connect(s.bob, s.bob_password, server.port)
+    phone = await connect(f"{s.alice}/phone", s.password, s.port)
+    phone.send_xml(f"<iq type='set' id='c1'><enable xmlns='{CARBONS}'/></iq>")
+    await phone.wait_for(lambda el: el.get("id") == "c1")
+    bob.send_message(mto=s.alice, mbody="before", mtype="chat")
+    await phone.wait_for(body_is("before"))
+    phone.send_message(mto=s.bob, mbody="through the bouncer", mtype="chat")
+    await bob.wait_for(body_is("through the bouncer"))
+    await asyncio.to_thread(s.bouncer.kill)
+    await asyncio.wait_for(phone.disconnected_event.wait(), TIMEOUT)
+    direct = await connect(f"{s.alice}/direct", s.bouncer.read_config()["upstream"]["password"], server.port)
+    direct.send_message(mto=s.bob, mbody="from the other client", mtype="chat")
+    await bob.wait_for(body_is("from the other client"))
+    bob.send_message(mto=s.alice, mbody="answer", mtype="chat")
+    await direct.wait_for(body_is("answer"))
+    await close(direct)
+    await asyncio.to_thread(s.bouncer.start)
+    phone2 = await connect(f"{s.alice}/phone", s.password, s.port)
+    phone2.send_xml(f"<iq type='set' id='c2'><enable xmlns='{CARBONS}'/></iq>")
+    await asyncio.to_thread(s.bouncer.wait_event, "account caught up")
+    await phone2.wait_for(lambda el: "answer" in bodies_in(el))
+    await asyncio.sleep(0.5)  # nothing more comes
+    said = [b for el in phone2.received for b in bodies_in(el)]
+    assert said == ["from the other client", "answer"], [etree.tostring(el) for el in phone2.received if bodies_in(el)]
+    sent = [el for el in phone2.received if el.find(f"{{{CARBONS}}}sent") is not None]
+    assert len(sent) == 1 and sent[0].find(f".//{{{DELAY}}}delay") is not None
+    await close(phone2, bob)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+CARBONS, DELAY = "urn:xmpp:carbons:2", "urn:xmpp:delay"
+
+
+def bodies_in(el) -> list[str]:
+    """The bodies a message carries, its own or a carbon's."""
+    return [b.text or "" for b in el.iter("{jabber:client}body")]

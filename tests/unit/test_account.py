@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -245,20 +246,29 @@ def mam_result(query: etree._Element, sid: str, sender: str, body: str) -> Upstr
 def test_a_new_upstream_session_pages_the_accounts_mam_and_takes_each_message_once(account):
     """Issue 12, 2: after a session that could not be resumed, what the server archived
     since the last message taken reaches the sessions, once, whatever offline storage
-    brings too; what the account itself sent is not delivered again."""
+    brings too; what the account's other clients sent comes as a sent carbon, and what
+    the bouncer itself sent (from an upstream resource it bound) not at all."""
     phone = session(account, "phone")
+    account.handle(SessionStanza(phone, x(f"<iq type='set' id='c' from='{phone.jid}'><enable xmlns='{ns.CARBONS}'/></iq>")))
     account.handle(chat(5))
     assert account.router.catchup.after == "sid5" and account.devices.mailbox.mark("account-mam") == "sid5"
     account.upstream.sent.clear()  # type: ignore[union-attr]
-    account.handle(UpstreamUp(UP, resumed=False))
+    account.handle(UpstreamUp(f"{ACCOUNT}/new-run", resumed=False))
     (query,) = [el for el in account.upstream.sent if el.find("{urn:xmpp:mam:2}query") is not None]  # type: ignore[union-attr]
     assert query.findtext(".//{http://jabber.org/protocol/rsm}after") == "sid5" and query.get("to") is None
+    assert json.loads(account.devices.mailbox.mark("upstream-resources")) == ["bouncer", "new-run"]
     account.handle(mam_result(query, "sid6", "bob@example.org/x", "missed 6"))
     account.handle(mam_result(query, "sid7", f"{ACCOUNT}/elsewhere", "I said this elsewhere"))
+    account.handle(mam_result(query, "sid8", UP, "a session said this through the bouncer"))
     account.handle(chat(6))  # the same message again, from offline storage
     account.handle(UpstreamStanza(x(f"<iq type='result' id='{query.get('id')}' from='{ACCOUNT}' to='{UP}'>"
                                     f"<fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>")))
     got = [el for el in received(phone) if el.tag == "{jabber:client}message"]
-    assert [el.findtext("{jabber:client}body") for el in got] == ["chat 5", "missed 6"]
+    assert [el.findtext("{jabber:client}body") for el in got] == ["chat 5", "missed 6", None]
     assert got[1].find(f"{{{ns.DELAY}}}delay") is not None and got[1].get("to") == phone.jid
+    forwarded = got[2].find(f"{{{ns.CARBONS}}}sent/{{{ns.FORWARD}}}forwarded")
+    assert forwarded.find(f"{{{ns.DELAY}}}delay") is not None  # its time, on the forward (XEP-0297)
+    sent = forwarded.find("{jabber:client}message")
+    assert (sent.get("to"), sent.findtext("{jabber:client}body")) == (ACCOUNT, "I said this elsewhere")
+    assert account.router.catchup.after == "sid7"  # the last one taken
     assert account.router.catchup.query_id is None  # done: complete
