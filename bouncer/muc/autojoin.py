@@ -20,7 +20,7 @@ from lxml import etree
 
 from bouncer.core.effects import Effect, ToUpstream
 from bouncer.muc import joins, recovery
-from bouncer.muc.room import error_condition
+from bouncer.muc.room import RoomPhase, error_condition
 from bouncer.muc.state import MucState
 from bouncer.xmpp import bookmarks, ids
 from bouncer.xmpp.bookmarks import Bookmark, Change
@@ -71,7 +71,9 @@ def apply(state: MucState, book: BookmarkBook, change: Change, nick: str) -> lis
     effects: list[Effect] = []
     for mark in change.bookmarks:
         book.known[mark.room] = mark
-        if mark.autojoin:
+        if mark.autojoin and mark.room in state.rooms:
+            effects += _renick(state, before.get(mark.room), mark)
+        elif mark.autojoin:
             effects += recovery.hold(state, mark.room, mark.nick or nick, mark.password)
         elif _was_autojoin(before, mark.room):
             effects += _leave(state, mark.room, "autojoin off")
@@ -81,6 +83,19 @@ def apply(state: MucState, book: BookmarkBook, change: Change, nick: str) -> lis
             effects += _leave(state, room, "bookmark removed")
     state.autojoin = {room for room, mark in book.known.items() if mark.autojoin}
     return effects
+
+
+def _renick(state: MucState, was: Bookmark | None, mark: Bookmark) -> list[Effect]:
+    """The bookmark's nick changed for a room the account is in: the account's nick
+    changes too (every session sees the 303); one a session chose is left alone."""
+    room = state.rooms[mark.room]
+    if was is None or not mark.nick or mark.nick == was.nick or mark.nick == room.nick or room.phase is not RoomPhase.JOINED:
+        return []
+    log.info("changing the account's nick", room=room.jid, nick=mark.nick)
+    mine = [p for r, p in room.session_presence.items() if r in room.sessions]
+    change = joins.presence_to_room(room, mine)
+    change.set("to", f"{room.jid}/{mark.nick}")
+    return [ToUpstream(change)]
 
 
 def _was_autojoin(before: dict[str, Bookmark], room: str) -> bool:

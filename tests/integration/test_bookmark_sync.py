@@ -130,3 +130,18 @@ async def test_a_self_joined_room_bookmarked_without_autojoin_stays(server, tmp_
     assert phone.matching(is_self_presence(room))[-1].get("type") is None
     await close(phone, direct, carol)
     assert await asyncio.to_thread(s.bouncer.stop) == 0
+
+
+async def test_a_new_nick_in_the_bookmark_renames_the_account_in_the_room(server, tmp_path):
+    s, carol, room, direct = await account_and_room(server, tmp_path)
+    phone = await connect(f"{s.alice}/phone", s.password, s.port)
+    await set_bookmark(direct, room, autojoin=True, nick="alicebm")
+    await asyncio.to_thread(s.bouncer.wait_event, "room joined upstream", room=room)
+    await join(phone, room, "alicebm")
+    await set_bookmark(direct, room, autojoin=True, nick="alicebm2")
+    await carol.wait_for(from_occupant(room, "alicebm2"))
+    renamed = await phone.wait_for(lambda el: el.get("from") == f"{room}/alicebm" and "303" in codes(el))
+    assert renamed.get("type") == "unavailable"  # the phone sees its own nick change
+    assert s.bouncer.count("room joined upstream", room=room) == 1  # renamed, not rejoined
+    await close(phone, direct, carol)
+    assert await asyncio.to_thread(s.bouncer.stop) == 0

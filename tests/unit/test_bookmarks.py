@@ -290,3 +290,11 @@ def test_a_pubsub_services_notification_reaches_every_session():
     pep = x(f"<message from='bob@example.org' to='{UP}'><event xmlns='{ns.PUBSUB_EVENT}'>"
             "<items node='urn:xmpp:avatar:metadata'><item id='1'/></items></event></message>")
     assert [a for a in r.from_upstream(pep, 0) if isinstance(a, Deliver)] == []  # it did not ask for avatars
+
+
+def test_a_new_nick_in_the_bookmark_of_a_held_room_changes_the_accounts_nick():
+    r = holding()
+    [change] = up(r.from_upstream(notification(conference(ROOM, True, "al2")), 0))
+    assert change.get("to") == f"{ROOM}/al2" and change.get("type") is None
+    assert change.find(f"{{{ns.MUC}}}x") is None  # a nick change, not a join
+    assert up(r.from_upstream(notification(conference(ROOM, True, "al2")), 0)) == []  # unchanged: nothing
