@@ -206,8 +206,10 @@ class Account:
     def gauges(self) -> dict[str, tuple[str, float]]:
         """What the account holds now, for Prometheus: name -> (help, value)."""
         rooms = self.muc.rooms
+        away = sum(1 for s in self.router.sessions.values() if s.hibernated_at is not None)
         return {
-            "sessions": ("Sessions bound, hibernating ones included", len(self.router.sessions)),
+            "sessions": ("Sessions connected", len(self.router.sessions) - away),
+            "sessions_hibernating": ("Sessions waiting for their client to resume (XEP-0198)", away),
             "devices": ("Devices the bouncer keeps a backlog for", len(self.devices.known)),
             "rooms_held": ("Rooms the account holds", len(rooms)),
             "archive_messages": ("Messages in the room archive", sum(self.muc.state.archive.count(r) for r in rooms)),

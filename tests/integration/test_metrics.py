@@ -60,7 +60,8 @@ async def test_the_counters_match_a_scripted_scenario(prosody, tmp_path):
     assert after["bouncer_stream_errors_total{condition=not-well-formed}"] == 1
     assert after["bouncer_upstream_reconnects_total"] == 0
     assert after["bouncer_outbox_closes_total"] == 0
-    assert (after["bouncer_sessions"], after["bouncer_devices"], after["bouncer_rooms_held"]) == (2, 2, 1)
+    assert (after["bouncer_sessions"], after["bouncer_sessions_hibernating"]) == (2, 0)
+    assert (after["bouncer_devices"], after["bouncer_rooms_held"]) == (2, 1)
     assert after["bouncer_archive_messages"] == 10
     assert after["bouncer_upstream_connected"] == 1
     assert after["bouncer_downstream_in_stanzas_total"] >= 4  # two presences, two joins at least

@@ -135,3 +135,10 @@ def test_a_command_from_anyone_else_is_forbidden(account):
 def test_unknown_commands_and_missing_arguments_say_so():
     assert commands.run(None, "nope").failed  # type: ignore[arg-type]
     assert commands.run(None, "leave").lines == ("leave needs an argument: room",)  # type: ignore[arg-type]
+
+
+def test_the_gauges_tell_connected_from_hibernating_sessions(account):
+    session(account, "phone"), session(account, "laptop")
+    account.router.sessions["phone"].hibernated_at = 1.0  # its connection dropped; it waits for a resume
+    gauges = {name: value for name, (_, value) in account.gauges().items()}
+    assert (gauges["sessions"], gauges["sessions_hibernating"], gauges["devices"]) == (1, 1, 2)
