@@ -166,8 +166,8 @@ def answer(account: Managed, resource: str, iq: Element) -> list[Effect]:
     outcome = command.run(account, value)
     log.info("command", command=command.name, argument=value or None, by=resource, failed=outcome.failed)
     # One fixed field per line: clients show them as text (a text-multi is an editable box,
-    # which poezio shows a line at a time).
-    result = Form(command.title, tuple(Field("", "fixed", values=(line,)) for line in outcome.lines))
+    # which poezio shows a line at a time), each with its own var (poezio keeps one field per var).
+    result = Form(command.title, tuple(Field(f"line{n}", "fixed", values=(line,)) for n, line in enumerate(outcome.lines, 1)))
     note = outcome.lines[0] if outcome.failed else "done"
     return [Deliver((resource,), adhoc.completed(iq, req, result, note, outcome.failed)), *outcome.effects]
 

@@ -142,3 +142,10 @@ def test_the_gauges_tell_connected_from_hibernating_sessions(account):
     account.router.sessions["phone"].hibernated_at = 1.0  # its connection dropped; it waits for a resume
     gauges = {name: value for name, (_, value) in account.gauges().items()}
     assert (gauges["sessions"], gauges["sessions_hibernating"], gauges["devices"]) == (1, 1, 2)
+
+
+def test_a_result_is_one_fixed_field_per_line_each_with_its_own_var(account):
+    """poezio keeps one field per var: without distinct vars it showed a blank result."""
+    fields = list(execute(account, session(account, "phone"), "sessions").iter(f"{DATA}field"))
+    assert len(fields) > 1 and all(f.get("type") == "fixed" for f in fields)
+    assert len({f.get("var") for f in fields}) == len(fields)
