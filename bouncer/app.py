@@ -28,7 +28,7 @@ from bouncer.storage.mailbox import SqliteMailbox
 from bouncer.xmpp import jid
 from bouncer.c2s.listener import Listener
 from bouncer.c2s.stream import StreamSettings
-from bouncer.config import Config, ConfigError, ConfigErrors, load_config
+from bouncer.config import Config, ConfigError, load_config
 from bouncer.control import AlreadyRunning, ControlServer, socket_path
 from bouncer.log import configure_logging
 from bouncer.notify import Notifier
@@ -316,7 +316,7 @@ class Service:
             new = load_config(old.source)
             tls = self._tls_context(new)
         except ConfigError as e:
-            for mistake in e.errors if isinstance(e, ConfigErrors) else [e]:
+            for mistake in e.errors:
                 log.error("reload failed", key=mistake.key, problem=mistake.problem)
             return False
         except (OSError, ValueError) as e:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from bouncer import config_values as check
+from bouncer import config_values as check, strict_yaml
 from bouncer.credentials import Credentials, parse_credentials
 from bouncer.tls import server_context
 
@@ -37,6 +37,16 @@ class ConfigError(Exception):
         self.problem = " ".join(problem.splitlines())
         super().__init__(f"{key}: {self.problem}")
 
+    @property
+    def errors(self) -> list[ConfigError]:
+        """Each mistake this stands for: itself (``ConfigErrors``: several)."""
+        return [self]
+
+    @staticmethod
+    def of(errors: list[ConfigError]) -> ConfigError:
+        """One exception for these mistakes (at least one)."""
+        return errors[0] if len(errors) == 1 else ConfigErrors(errors)
+
 
 class ConfigErrors(ConfigError):
     """Several mistakes found in one read; ``str()`` is one ``key: problem`` line each, and
@@ -44,11 +54,15 @@ class ConfigErrors(ConfigError):
 
     def __init__(self, errors: list[ConfigError]) -> None:
         super().__init__(errors[0].key, errors[0].problem)
-        self.errors = errors
+        self._errors = errors
         self.args = ("\n".join(str(e) for e in errors),)
 
     def __str__(self) -> str:
         return self.args[0]
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return self._errors
 
 
 @dataclass(frozen=True)
@@ -200,42 +214,18 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             values = _parse_section(name, document.get(name), section.keys)
             built[name] = section.build(values, context)
         except ConfigError as e:
-            errors += e.errors if isinstance(e, ConfigErrors) else [e]
+            errors += e.errors
     if errors:
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+        raise ConfigError.of(errors)
     return Config(**built, warnings=tuple(context.warnings), source=os.path.abspath(shown))
 
 
 # --- reading YAML -------------------------------------------------------------------------
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which YAML would silently let the last win."""
-
-
-def _unique_keys_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: list[Any] = []
-    for key_node, _ in node.value:
-        if key_node.tag == _MERGE_TAG:
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.append(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
-
-
 def _read_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_Loader)
+            return strict_yaml.load(f)
     except OSError as e:
         raise ConfigError(path, f"cannot read the config file: {_reason(e)}") from None
     except UnicodeDecodeError:
@@ -290,7 +280,7 @@ def _parse_section(name: str, raw: Any, keys: dict[str, _Key]) -> dict[str, Any]
         except check.Expected as e:
             errors.append(ConfigError(f"{name}.{key_name}", f"expected {e}, got {_show(value, key.secret)}"))
     if errors:
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+        raise ConfigError.of(errors)
     return values
 
 
