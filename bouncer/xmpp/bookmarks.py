@@ -103,28 +103,24 @@ def from_private_set(iq: Element) -> Change | None:
 
 
 def _pep_items(items: list[Element]) -> tuple[Bookmark, ...]:
-    found = []
-    for item in items:
-        conference = item.find(q(PEP_NODE, "conference"))
-        room = item.get("id")
-        if conference is None or not room or jid.localpart(room) is None:
-            continue
-        nick = conference.findtext(q(PEP_NODE, "nick"))
-        password = conference.findtext(q(PEP_NODE, "password"))
-        found.append(Bookmark(jid.bare(room), _true(conference.get("autojoin")), nick or None, password or None))
-    return tuple(found)
+    """XEP-0402: one item per room, its id the room's JID."""
+    found = (_bookmark(item.get("id"), item.find(q(PEP_NODE, "conference")), PEP_NODE) for item in items)
+    return tuple(mark for mark in found if mark is not None)
 
 
 def _storage(storage: Element) -> tuple[Bookmark, ...]:
-    found = []
-    for conference in storage.findall(q(STORAGE_NODE, "conference")):
-        room = conference.get("jid")
-        if not room or jid.localpart(room) is None:
-            continue
-        nick = conference.findtext(q(STORAGE_NODE, "nick"))
-        password = conference.findtext(q(STORAGE_NODE, "password"))
-        found.append(Bookmark(jid.bare(room), _true(conference.get("autojoin")), nick or None, password or None))
-    return tuple(found)
+    """XEP-0048: every room in one element, each with a ``jid`` attribute."""
+    found = (_bookmark(c.get("jid"), c, STORAGE_NODE) for c in storage.findall(q(STORAGE_NODE, "conference")))
+    return tuple(mark for mark in found if mark is not None)
+
+
+def _bookmark(room: str | None, conference: Element | None, namespace: str) -> Bookmark | None:
+    """Both forms spell a conference alike (autojoin, nick, password), each in its namespace."""
+    if conference is None or not room or jid.localpart(room) is None:
+        return None
+    nick = conference.findtext(q(namespace, "nick"))
+    password = conference.findtext(q(namespace, "password"))
+    return Bookmark(jid.bare(room), _true(conference.get("autojoin")), nick or None, password or None)
 
 
 def _true(value: str | None) -> bool:
